@@ -77,11 +77,20 @@ def test_resid_mid_and_attn_out_match_manual_computation(pair, feats):
     torch.testing.assert_close(cache["encoder.blocks.1.hook_attn_out"], attn, rtol=0, atol=1e-6)
     torch.testing.assert_close(cache["encoder.blocks.1.hook_resid_mid"], mid, rtol=0, atol=1e-6)
     torch.testing.assert_close(cache["encoder.blocks.1.hook_mlp_out"], mlp, rtol=0, atol=1e-6)
-    torch.testing.assert_close(cache["encoder.blocks.1.hook_resid_post"], mid + mlp, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        cache["encoder.blocks.1.hook_resid_post"], mid + mlp, rtol=0, atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("site", ["encoder.blocks.0.hook_resid_mid", "encoder.blocks.1.hook_mlp_out",
-                                  "decoder.blocks.0.hook_resid_mid_cross", "decoder.blocks.1.hook_resid_post"])
+@pytest.mark.parametrize(
+    "site",
+    [
+        "encoder.blocks.0.hook_resid_mid",
+        "encoder.blocks.1.hook_mlp_out",
+        "decoder.blocks.0.hook_resid_mid_cross",
+        "decoder.blocks.1.hook_resid_post",
+    ],
+)
 def test_patching_own_clean_value_reproduces_clean_run(pair, feats, site):
     hooked, _ = pair
     clean = hooked.run_with_cache(feats, names=[site], decoder_input_ids=IDS)
@@ -138,23 +147,30 @@ def test_ablate_zero_and_mean(pair, feats):
 
 def test_hooks_removed_when_body_raises(pair, feats):
     hooked, _ = pair
-    with pytest.raises(RuntimeError, match="boom"), hooked.patch(
-        "encoder.blocks.0.hook_resid_post", torch.zeros(hooked.d_model)
-    ), hooked.steer("decoder.blocks.0.hook_resid_pre", torch.ones(hooked.d_model)):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        hooked.patch("encoder.blocks.0.hook_resid_post", torch.zeros(hooked.d_model)),
+        hooked.steer("decoder.blocks.0.hook_resid_pre", torch.ones(hooked.d_model)),
+    ):
         raise RuntimeError("boom")
     assert _no_hooks_left(hooked)
-    with pytest.raises(ShapeError):
-        with hooked.patch("encoder.blocks.0.hook_resid_post", torch.zeros(3, 3)):
-            hooked.encode(feats)
+    with (
+        pytest.raises(ShapeError),
+        hooked.patch("encoder.blocks.0.hook_resid_post", torch.zeros(3, 3)),
+    ):
+        hooked.encode(feats)
     assert _no_hooks_left(hooked)
 
 
 def test_wrong_shape_patch_value_names_expected_shapes(pair, feats):
     hooked, _ = pair
-    with pytest.raises(ShapeError, match=r"n_sel=11"):
-        with hooked.patch("encoder.blocks.0.hook_resid_post", torch.zeros(12, hooked.d_model),
-                          frames=slice(10, 21)):
-            hooked.encode(feats)
+    bad = torch.zeros(12, hooked.d_model)
+    site = "encoder.blocks.0.hook_resid_post"
+    with (
+        pytest.raises(ShapeError, match=r"n_sel=11"),
+        hooked.patch(site, bad, frames=slice(10, 21)),
+    ):
+        hooked.encode(feats)
 
 
 def test_unknown_site_suggests_nearest(pair):
@@ -169,8 +185,9 @@ def test_decoder_patch_acts_identically_in_cached_generation_and_teacher_forcing
     hooked, _ = pair
     site, v = "decoder.blocks.1.hook_resid_mid", torch.randn(hooked.d_model) * 5
     with hooked.steer(site, v, frames=[2, 3]):
-        new = hooked.generate(feats[:1], max_new_tokens=6, do_sample=False,
-                              decoder_input_ids=IDS[:1, :1])
+        new = hooked.generate(
+            feats[:1], max_new_tokens=6, do_sample=False, decoder_input_ids=IDS[:1, :1]
+        )
         full = torch.cat([IDS[:1, :1], new[:, -6:]], dim=1)  # generate strips the prompt
         tf_logits = hooked.forward(feats[:1], full[:, :-1])
     assert torch.equal(tf_logits.argmax(-1)[0], full[0, 1:])

@@ -65,7 +65,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._store.values())
 
-    def _replace(self, store: dict[str, torch.Tensor], frame_index=..., logits=...) -> ActivationCache:
+    def _replace(
+        self, store: dict[str, torch.Tensor], frame_index=..., logits=...
+    ) -> ActivationCache:
         return ActivationCache(
             store,
             model_name=self.model_name,
@@ -86,7 +88,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def frames(self, frames: slice | list[int] | torch.Tensor) -> ActivationCache:
         """Keep only these absolute encoder frames (decoder entries are kept whole)."""
         have = self.frame_index if self.frame_index is not None else torch.arange(N_ENCODER_FRAMES)
-        want = torch.arange(N_ENCODER_FRAMES)[frames] if isinstance(frames, slice) else torch.as_tensor(frames).long()
+        want = (
+            torch.arange(N_ENCODER_FRAMES)[frames]
+            if isinstance(frames, slice)
+            else torch.as_tensor(frames).long()
+        )
         pos = {int(f): i for i, f in enumerate(have)}
         missing = [int(f) for f in want if int(f) not in pos]
         if missing:
@@ -112,7 +118,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def stack(self, point: str = "hook_resid_post", stack: str = "encoder") -> torch.Tensor:
         """Stack one point over blocks: [n_blocks, batch, frame, d]."""
         names = sorted(
-            (k for k in self._store if k.startswith(f"{stack}.blocks.") and k.endswith("." + point)),
+            (
+                k
+                for k in self._store
+                if k.startswith(f"{stack}.blocks.") and k.endswith("." + point)
+            ),
             key=lambda k: int(k.split(".")[2]),
         )
         if not names:

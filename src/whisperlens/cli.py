@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "models",
     "transcribe",
     "cache",
+    "sites",
     "stimuli",
     "baseline",
     "evaluate",

@@ -114,7 +114,9 @@ class HookedWhisper:
         store: dict[str, torch.Tensor] = {}
         with ExitStack() as stack:
             for site in sites:
-                stack.enter_context(self._record(site, store, frames if site.stack == "encoder" else None))
+                stack.enter_context(
+                    self._record(site, store, frames if site.stack == "encoder" else None)
+                )
             if any(s.spec.pattern for s in sites):
                 stack.enter_context(_eager_attention(self.model))
             logits = None
@@ -140,7 +142,9 @@ class HookedWhisper:
                 value = value[:, _as_index(frames, value.shape[1], value.device)].clone()
             prev = store.get(site.name)
             # decoder steps with a KV cache arrive one position at a time: append
-            store[site.name] = value if prev is None or module.offset == 0 else torch.cat([prev, value], 1)
+            store[site.name] = (
+                value if prev is None or module.offset == 0 else torch.cat([prev, value], 1)
+            )
 
         handle = self.hook_points[site.name].register_forward_hook(hook)
         try:
@@ -172,9 +176,7 @@ class HookedWhisper:
             for h in handles:
                 h.remove()
 
-    def patch(
-        self, names: SiteArg, value: torch.Tensor | EditFn, frames: Frames = None
-    ):
+    def patch(self, names: SiteArg, value: torch.Tensor | EditFn, frames: Frames = None):
         """Set the activation at ``frames`` to ``value`` (or to ``value(rows, site)``).
 
         A tensor value may be [d], [n_sel, d] or [batch, n_sel, d] (n_sel = number of

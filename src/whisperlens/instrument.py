@@ -124,7 +124,13 @@ def _set_offsets(layer: nn.Module, offset: int) -> None:
             module.offset = offset
 
 
-_ENCODER_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+_ENCODER_POINTS = (
+    "hook_resid_pre",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
 _DECODER_POINTS = _ENCODER_POINTS + ("hook_cross_attn_out", "hook_resid_mid_cross")
 
 
@@ -133,7 +139,7 @@ def instrument(model: nn.Module) -> dict[str, HookPoint]:
 
     Returns the mapping from canonical site name to its HookPoint.
     """
-    inner = model.model  # WhisperModel
+    inner: Any = model.model  # WhisperModel
     if not getattr(model, INSTRUMENTED_FLAG, False):
         for stack_name in ("encoder", "decoder"):
             _instrument_stack(getattr(inner, stack_name), stack_name)
@@ -141,7 +147,7 @@ def instrument(model: nn.Module) -> dict[str, HookPoint]:
     return _collect(inner)
 
 
-def _instrument_stack(stack: nn.Module, stack_name: str) -> None:
+def _instrument_stack(stack: Any, stack_name: str) -> None:
     decoder = stack_name == "decoder"
     points = _DECODER_POINTS if decoder else _ENCODER_POINTS
     forward = _decoder_layer_forward if decoder else _encoder_layer_forward
@@ -158,7 +164,7 @@ def _instrument_stack(stack: nn.Module, stack_name: str) -> None:
     stack.layer_norm.register_forward_hook(lambda _m, _a, out: stack.hook_ln_post(out))
 
 
-def _route_embed(stack: nn.Module):
+def _route_embed(stack: Any):
     def pre_hook(layer, args, kwargs):
         if args:
             hook = stack.hook_embed
@@ -171,7 +177,7 @@ def _route_embed(stack: nn.Module):
     return pre_hook
 
 
-def _collect(inner: nn.Module) -> dict[str, HookPoint]:
+def _collect(inner: Any) -> dict[str, HookPoint]:
     out: dict[str, HookPoint] = {}
     for stack_name in ("encoder", "decoder"):
         stack = getattr(inner, stack_name)
@@ -180,7 +186,9 @@ def _collect(inner: nn.Module) -> dict[str, HookPoint]:
             prefix = f"{stack_name}.blocks.{i}."
             for name, module in layer.named_modules():
                 if isinstance(module, HookPoint):
-                    point = name.replace("self_attn.", "attn.").replace("encoder_attn.", "cross_attn.")
+                    point = name.replace("self_attn.", "attn.").replace(
+                        "encoder_attn.", "cross_attn."
+                    )
                     out[prefix + point] = module
         out[f"{stack_name}.hook_ln_post"] = stack.hook_ln_post
     return out

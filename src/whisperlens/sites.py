@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -79,7 +80,9 @@ class Site:
         if spec is None or self.stack not in spec.stacks:
             raise ValueError(f"no point {self.point!r} in the {self.stack}")
         if spec.per_block != (self.layer is not None):
-            raise ValueError(f"point {self.point!r} {'needs' if spec.per_block else 'takes no'} layer")
+            raise ValueError(
+                f"point {self.point!r} {'needs' if spec.per_block else 'takes no'} layer"
+            )
 
     @property
     def name(self) -> str:
@@ -95,7 +98,11 @@ class Site:
 
 
 def site_names(
-    n_layers: int, n_decoder_layers: int, *, stacks: tuple[Stack, ...] = STACKS, patterns: bool = True
+    n_layers: int,
+    n_decoder_layers: int,
+    *,
+    stacks: tuple[Stack, ...] = STACKS,
+    patterns: bool = True,
 ) -> list[str]:
     """Every valid site name for a model with these depths, in forward order."""
     names: list[str] = []
@@ -119,7 +126,11 @@ def parse_site(name: str, valid: list[str]) -> Site:
 
     if name not in valid:
         near = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(near)}?" if near else "see `whisperlens sites` or HookedWhisper.site_names()"
+        hint = (
+            f"did you mean {', '.join(near)}?"
+            if near
+            else "see `whisperlens sites` or HookedWhisper.site_names()"
+        )
         raise SiteError(f"unknown hook site {name!r}", hint)
     m = _NAME_RE.match(name)
     assert m is not None  # every valid name matches
@@ -127,7 +138,7 @@ def parse_site(name: str, valid: list[str]) -> Site:
     return Site(stack, None if layer is None else int(layer), point)  # type: ignore[arg-type]
 
 
-def resolve_sites(names: str | list[str] | tuple[str, ...], valid: list[str]) -> list[Site]:
+def resolve_sites(names: str | Sequence[str], valid: list[str]) -> list[Site]:
     """Expand names and shell-style globs (``encoder.blocks.*.hook_resid_post``) into Sites.
 
     Order follows ``valid`` (forward order) for globs; explicit names keep their order.

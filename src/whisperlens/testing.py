@@ -50,5 +50,9 @@ def tiny_random_whisper(
         for p in model.parameters():
             if p.ndim >= 2:
                 p.normal_(0.0, 0.2)
-    processor = SimpleNamespace(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
-    return LoadedWhisper(model=model, processor=processor, name=f"tiny-random-{seed}", source="random")
+    processor = SimpleNamespace(
+        feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer
+    )
+    return LoadedWhisper(
+        model=model, processor=processor, name=f"tiny-random-{seed}", source="random"
+    )

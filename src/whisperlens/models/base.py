@@ -20,7 +20,7 @@ class LoadedWhisper:
     """
 
     model: WhisperForConditionalGeneration
-    processor: WhisperProcessor
+    processor: WhisperProcessor | Any  # anything with .feature_extractor and .tokenizer
     name: str  # what the user asked for ("tiny.en", "openai/whisper-base", a path)
     source: str  # how it was loaded: "package", "hub", "transformers-dir", "ctranslate2-dir", "openai-pt"
     info: dict[str, Any] = field(default_factory=dict)  # free-form provenance (package, hash, ...)
