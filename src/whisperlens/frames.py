@@ -9,8 +9,10 @@ padding when the audio is shorter.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160
@@ -50,6 +52,8 @@ def n_audio_frames(n_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
 
 def audio_frame_mask(n_samples: int | list[int], sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Boolean mask [n_encoder_frames] (or [batch, n_encoder_frames]): True on real audio."""
+    import torch
+
     lengths = [n_samples] if isinstance(n_samples, int) else list(n_samples)
     idx = torch.arange(N_ENCODER_FRAMES)
     mask = torch.stack([idx < n_audio_frames(n, sample_rate) for n in lengths])
