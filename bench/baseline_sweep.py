@@ -10,6 +10,8 @@ interrupted sweep picks up where it stopped):
 - ``base``: the ``--top`` best tiny.en setups again on base (same subset);
 - ``full``: the best tiny.en setup on ``--n-full`` minimal pairs (0: the whole list);
 - ``spanish``: the Spanish side of en-es with espeak on base, Spanish carrier.
+- ``extra``: the default setup on the other lists: semantic pairs and the English side of
+  en-es on tiny.en, and ``--n-full`` minimal pairs on base.
 
 Ends by writing a markdown table of every finished run (``--table``, default
 ``<out-root>/table.md``) and printing it.
@@ -31,13 +33,11 @@ import torch
 from whisperlens._io import atomic_write_text, cache_dir
 from whisperlens.baseline import SUMMARY_FILE, BaselineConfig, run_baseline
 
-# (engine, carrier, rate) on tiny.en: piper (the best voice) fully crossed; espeak only with
-# the carrier, as bare espeak words are known to be poor (ENVIRONMENT.md) and time is short.
-GRID: tuple[tuple[str, str, float], ...] = (
-    *itertools.product(("piper",), ("bare", "the_word_is", "say_again"), (1.0, 0.85)),
-    *itertools.product(("espeak",), ("the_word_is",), (1.0, 0.85)),
+# (engine, carrier, rate) on tiny.en: every engine x carrier x rate.
+GRID: tuple[tuple[str, str, float], ...] = tuple(
+    itertools.product(("piper", "espeak"), ("bare", "the_word_is", "say_again"), (1.0, 0.85, 0.7))
 )
-STAGES = ("tiny", "base", "full", "spanish")
+STAGES = ("tiny", "base", "full", "spanish", "extra")
 
 
 def run_name(c: BaselineConfig) -> str:
@@ -100,6 +100,11 @@ def run_stages(args: argparse.Namespace) -> None:
             n_pairs=args.n_spanish or None, seed=seed,
         )  # fmt: skip
         run_one(spanish, root)
+    if "extra" in args.stages:
+        default = BaselineConfig("semantic", root, seed=seed)
+        run_one(default, root)
+        run_one(replace(default, words="en-es", sides="a", n_pairs=args.n_spanish or None), root)
+        run_one(replace(default, words="minimal", model="base", n_pairs=args.n_full or None), root)
 
 
 def refresh_summaries(root: Path) -> None:

@@ -82,3 +82,28 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     """Short hex digest of a JSON-serialisable object (sorted keys): a cache key."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def read_jsonl_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a resumable ``rows.jsonl`` (one JSON object per line, appended and flushed).
+
+    A torn last line (a crash mid-write) is dropped from the file, so the run resumes
+    cleanly; a bad line anywhere else is an error, since that is not a crash artefact.
+    """
+    from whisperlens.errors import WhisperlensError
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n != len(lines) - 1:
+                raise WhisperlensError(
+                    f"{path} line {n + 1} is not JSON", "delete the run directory or overwrite it"
+                ) from None
+            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows

@@ -35,7 +35,7 @@ from typing import Any, Literal, get_args
 import torch
 from tqdm import tqdm
 
-from whisperlens._io import atomic_write_json
+from whisperlens._io import atomic_write_json, read_jsonl_rows
 from whisperlens.decoding import (
     DecodingError,
     check_language_task,
@@ -398,20 +398,8 @@ def prepare_out_dir(config: BaselineConfig, overwrite: bool = False) -> None:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of ``rows.jsonl``; a torn last line (a crash mid-write) is dropped from the file."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for n, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n != len(lines) - 1:
-                raise BaselineError(f"{path} line {n + 1} is not JSON", "--overwrite") from None
-            valid = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            path.write_text(valid, encoding="utf-8")
-    return rows
+    """Rows of ``rows.jsonl``, resumable after a crash (see :func:`_io.read_jsonl_rows`)."""
+    return read_jsonl_rows(path)
 
 
 def load_model(name: str) -> Any:

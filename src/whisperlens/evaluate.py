@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisperlens._io import atomic_write_json
+from whisperlens._io import atomic_write_json, read_jsonl_rows
 from whisperlens.errors import WhisperlensError
 
 CONFIG_FILE, ROWS_FILE, SUMMARY_FILE = "config.json", "rows.jsonl", "summary.json"
@@ -76,16 +76,7 @@ def _start(out: Path, config: EvalConfig) -> set[str]:
             )
     else:
         atomic_write_json(cfg_path, asdict(config))
-    rows = out / ROWS_FILE
-    if not rows.exists():
-        return set()
-    done = set()
-    for line in rows.read_text().splitlines():
-        try:
-            done.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError):
-            continue  # a line cut by a crash: recomputed
-    return done
+    return {row["id"] for row in read_jsonl_rows(out / ROWS_FILE)}
 
 
 def _transcribe_into(rows_path: Path, items, loaded, config: EvalConfig, progress: bool) -> None:
@@ -94,7 +85,6 @@ def _transcribe_into(rows_path: Path, items, loaded, config: EvalConfig, progres
     from whisperlens.decoding import DecodeOptions, transcribe
     from whisperlens.scoring import normalize, wer
 
-    _drop_partial_line(rows_path)
     bar = tqdm(total=len(items), disable=not progress, desc=f"{config.model} {config.dataset}")
     with open(rows_path, "a", encoding="utf-8") as f:
         for i in range(0, len(items), config.batch_size):
@@ -123,16 +113,8 @@ def _transcribe_into(rows_path: Path, items, loaded, config: EvalConfig, progres
     bar.close()
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Remove a last line left without its newline by a crash."""
-    if path.exists() and path.stat().st_size:
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 def summarize(rows_path: Path, config: EvalConfig) -> dict:
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl_rows(rows_path)
     if not rows:
         raise WhisperlensError("no rows to summarize", "check that the dataset has transcripts")
     errors = np.array([r["n_errors"] for r in rows], dtype=float)

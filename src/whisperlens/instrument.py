@@ -36,28 +36,37 @@ class HookPoint(nn.Module):
 
 
 def _encoder_layer_forward(self, hidden_states, attention_mask=None, **kwargs):
-    hidden_states = self.hook_resid_pre(hidden_states)
-    residual = hidden_states
-    hidden_states = self.self_attn_layer_norm(hidden_states)
-    hidden_states, weights = self.self_attn(
-        hidden_states=hidden_states, attention_mask=attention_mask, **kwargs
+    hidden_states = _self_attn_sublayer(
+        self, hidden_states, attention_mask=attention_mask, **kwargs
     )
-    if weights is not None:
-        self.self_attn.hook_pattern(weights)
-    hidden_states = self.hook_attn_out(_dropout(self, hidden_states, self.dropout))
-    hidden_states = self.hook_resid_mid(residual + hidden_states)
-
-    residual = hidden_states
-    hidden_states = self.final_layer_norm(hidden_states)
-    hidden_states = self.activation_fn(self.fc1(hidden_states))
-    hidden_states = _dropout(self, hidden_states, self.activation_dropout)
-    hidden_states = self.fc2(hidden_states)
-    hidden_states = self.hook_mlp_out(_dropout(self, hidden_states, self.dropout))
-    hidden_states = residual + hidden_states
+    hidden_states = _mlp_sublayer(self, hidden_states)
     if hidden_states.dtype == torch.float16:
         clamp_value = torch.finfo(hidden_states.dtype).max - 1000
         hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
     return self.hook_resid_post(hidden_states)
+
+
+def _self_attn_sublayer(layer, hidden_states, **attn_kwargs):
+    """resid_pre -> LN -> self-attention -> attn_out; returns resid_mid (all hooked)."""
+    hidden_states = layer.hook_resid_pre(hidden_states)
+    residual = hidden_states
+    hidden_states = layer.self_attn_layer_norm(hidden_states)
+    hidden_states, weights = layer.self_attn(hidden_states, **attn_kwargs)
+    if weights is not None:
+        layer.self_attn.hook_pattern(weights)
+    hidden_states = layer.hook_attn_out(_dropout(layer, hidden_states, layer.dropout))
+    return layer.hook_resid_mid(residual + hidden_states)
+
+
+def _mlp_sublayer(layer, hidden_states):
+    """LN -> fc1 -> activation -> fc2 -> mlp_out; returns the residual sum (before resid_post)."""
+    residual = hidden_states
+    hidden_states = layer.final_layer_norm(hidden_states)
+    hidden_states = layer.activation_fn(layer.fc1(hidden_states))
+    hidden_states = _dropout(layer, hidden_states, layer.activation_dropout)
+    hidden_states = layer.fc2(hidden_states)
+    hidden_states = layer.hook_mlp_out(_dropout(layer, hidden_states, layer.dropout))
+    return residual + hidden_states
 
 
 def _decoder_layer_forward(
@@ -71,17 +80,13 @@ def _decoder_layer_forward(
     **kwargs,
 ):
     _set_offsets(self, _cache_offset(past_key_values, self.self_attn.layer_idx))
-    hidden_states = self.hook_resid_pre(hidden_states)
-    residual = hidden_states
-    hidden_states = self.self_attn_layer_norm(hidden_states)
-    hidden_states, weights = self.self_attn(
-        hidden_states, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
+    hidden_states = _self_attn_sublayer(
+        self,
+        hidden_states,
+        past_key_values=past_key_values,
+        attention_mask=attention_mask,
+        **kwargs,
     )
-    if weights is not None:
-        self.self_attn.hook_pattern(weights)
-    hidden_states = self.hook_attn_out(_dropout(self, hidden_states, self.dropout))
-    hidden_states = self.hook_resid_mid(residual + hidden_states)
-
     if encoder_hidden_states is not None:
         residual = hidden_states
         hidden_states = self.encoder_attn_layer_norm(hidden_states)
@@ -96,14 +101,7 @@ def _decoder_layer_forward(
             self.encoder_attn.hook_pattern(weights)
         hidden_states = self.hook_cross_attn_out(_dropout(self, hidden_states, self.dropout))
         hidden_states = self.hook_resid_mid_cross(residual + hidden_states)
-
-    residual = hidden_states
-    hidden_states = self.final_layer_norm(hidden_states)
-    hidden_states = self.activation_fn(self.fc1(hidden_states))
-    hidden_states = _dropout(self, hidden_states, self.activation_dropout)
-    hidden_states = self.fc2(hidden_states)
-    hidden_states = self.hook_mlp_out(_dropout(self, hidden_states, self.dropout))
-    return self.hook_resid_post(residual + hidden_states)
+    return self.hook_resid_post(_mlp_sublayer(self, hidden_states))
 
 
 def _dropout(layer: nn.Module, x: torch.Tensor, p: float) -> torch.Tensor:
