@@ -55,7 +55,7 @@ def test_summary_matches_hand_computed_wer(manifest, tmp_path, fake_model):
     assert summary["wer"] == pytest.approx(2 / 9)
     assert summary["exact_match"] == pytest.approx(1 / 3)
     lo, hi = summary["wer_ci95"]
-    assert 0.0 <= lo <= 2 / 9 <= hi <= 1 / 3 + 1e-9  # the resampled WER never exceeds 3/9
+    assert 0.0 <= lo <= 2 / 9 <= hi <= 0.5  # no resample is worse than all-"b" (1/2)
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
 
 
