@@ -9,20 +9,17 @@
 
 GGUF files are dequantized once by transformers and cached as safetensors + config +
 tokenizer under ``cache_dir("text-models", "<stem>-<key>")``; the key is derived from the
-SHA-256 of the *whole* GGUF file (about 0.1 s per 100 MB). The cache directory is built in a
-temporary directory and renamed into place; ``manifest.json`` records each file's size and
-SHA-256 and is checked on every load, so a corrupted cache is rebuilt.
+SHA-256 of the *whole* GGUF file (about 0.1 s per 100 MB). The cache directory is a
+:func:`~whisperlens.models.dircache.verified_dir`: built in a temporary directory and renamed
+into place under a file lock; its ``manifest.json`` records each file's SHA-256 and is
+checked on every load, so a corrupted cache is rebuilt (with a warning).
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -33,12 +30,12 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from whisperlens._io import atomic_write_json, cache_dir, stable_hash
+from whisperlens._io import cache_dir, stable_hash
 from whisperlens.errors import ModelNotAvailableError
+from whisperlens.models.dircache import sha256_file, verified_dir
 from whisperlens.models.residual import ResidualAccess, block_list, residual_width
 
-CACHE_FORMAT = 1  # bump when the cached layout changes; part of the cache key
-MANIFEST = "manifest.json"
+CACHE_FORMAT = 2  # bump when the cached layout changes; part of the cache key (2: dircache)
 REQUIRED_CACHE_FILES = ("config.json", "model.safetensors")
 PATH_SUFFIXES = (".gguf", ".safetensors", ".bin")
 
@@ -198,14 +195,6 @@ def _not_available(name: str, offline: bool, exc: Exception) -> ModelNotAvailabl
 # ---------------------------------------------------------------- GGUF dequantization cache
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def gguf_cache_path(gguf_path: Path, digest: str | None = None) -> Path:
     """Where the dequantized copy of ``gguf_path`` lives (keyed by the file's SHA-256)."""
     digest = digest or sha256_file(gguf_path)
@@ -216,30 +205,21 @@ def gguf_cache_path(gguf_path: Path, digest: str | None = None) -> Path:
 def _load_gguf(path: Path, dtype: torch.dtype, info: dict[str, Any]) -> tuple[Any, Any]:
     digest = sha256_file(path)
     target = gguf_cache_path(path, digest)
+    built: list[Path] = []
+
+    def build(tmp: Path) -> dict[str, Any]:
+        model, tokenizer = _dequantize_gguf(path)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        built.append(tmp)
+        return {"gguf_file": path.name, "transformers": transformers.__version__}
+
+    expect = {"format": CACHE_FORMAT, "gguf_sha256": digest}
+    verified_dir(target, build, expect, what="dequantized GGUF", required=REQUIRED_CACHE_FILES)
     info.update(gguf_file=str(path), gguf_sha256=digest, cache_dir=str(target))
-    info["cache"] = "hit" if verify_cache(target) else "built"
-    if info["cache"] == "built":
-        _build_gguf_cache(path, target, digest)
+    info["cache"] = "built" if built else "hit"
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(target)
-
-
-def verify_cache(target: Path) -> bool:
-    """True when ``target`` holds every file its manifest lists, with matching size and hash."""
-    try:
-        manifest = json.loads((target / MANIFEST).read_text())
-        files: dict[str, dict[str, Any]] = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if not set(REQUIRED_CACHE_FILES) <= set(files):
-        return False
-    for rel, meta in files.items():
-        path = target / rel
-        if not path.is_file() or path.stat().st_size != meta.get("size"):
-            return False
-        if sha256_file(path) != meta.get("sha256"):
-            return False
-    return True
 
 
 def _dequantize_gguf(path: Path) -> tuple[PreTrainedModel, Any]:
@@ -256,35 +236,3 @@ def _dequantize_gguf(path: Path) -> tuple[PreTrainedModel, Any]:
         quantizer.remove_quantization_config(model)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tokenizer
-
-
-def _build_gguf_cache(path: Path, target: Path, digest: str) -> None:
-    """Dequantize ``path`` and write it to ``target`` atomically (build aside, then rename)."""
-    model, tokenizer = _dequantize_gguf(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        files = {
-            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(tmp.iterdir())
-            if p.is_file()
-        }
-        atomic_write_json(
-            tmp / MANIFEST,
-            {
-                "files": files,
-                "gguf_sha256": digest,
-                "gguf_file": path.name,
-                "transformers": transformers.__version__,
-                "format": CACHE_FORMAT,
-            },
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except OSError:
-        if not verify_cache(target):  # a concurrent writer that won the rename is fine
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
