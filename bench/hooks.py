@@ -4,7 +4,9 @@ Targets (issue #2): caching every encoder residual site <= 1.05x a plain encoder
 forward; an active patch hook <= 1.02x. "Plain" is an uninstrumented deep copy of
 the same transformers model, so instrumentation overhead is included in the ratios.
 Conditions are interleaved round-robin and summarised by their medians, which makes
-the ratios robust to the machine's slow drifts.
+the ratios robust to the machine's slow drifts. HookedWhisper tunes glibc's allocator
+for the whole process (whisperlens._perf); run with WHISPERLENS_NO_MALLOC_TUNING=1 to
+measure without it.
 
     python bench/hooks.py [--model tiny.en] [--repeats 15]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 
@@ -82,6 +85,8 @@ def main() -> None:
     report = {
         "model": loaded.name,
         "n_cached_sites": len(resid_sites),
+        # process-wide, so "plain" runs under the same allocator (see whisperlens._perf)
+        "malloc_tuned": not os.environ.get("WHISPERLENS_NO_MALLOC_TUNING"),
         "repeats": args.repeats,
         "median_ms": {k: round(v * 1000, 2) for k, v in med.items()},
         "ratio_vs_plain": {k: round(v / med["plain"], 4) for k, v in med.items()},

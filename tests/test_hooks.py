@@ -235,3 +235,24 @@ def test_cache_frames_seconds_and_roundtrip(pair, feats, tmp_path):
     assert torch.equal(back[site], cache[site])
     assert torch.equal(back.frame_index, torch.arange(100))
     assert back.stack().shape == (2, 2, 100, hooked.d_model)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, "True False"), ({"WHISPERLENS_NO_MALLOC_TUNING": "1"}, "False False")],
+)
+def test_allocator_tuning_applies_once_and_can_be_disabled(env, expected):
+    import os
+    import subprocess
+    import sys
+
+    code = "from whisperlens._perf import tune_allocator as t; print(t(), t())"
+    environ = {k: v for k, v in os.environ.items() if k != "WHISPERLENS_NO_MALLOC_TUNING"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == expected

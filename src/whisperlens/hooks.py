@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 
+from whisperlens._perf import tune_allocator
 from whisperlens.cache import ActivationCache
 from whisperlens.errors import ShapeError
 from whisperlens.features import AudioOrFeatures, as_features
@@ -38,6 +39,7 @@ class HookedWhisper:
     """A Whisper model with named hook points (see :mod:`whisperlens.sites`)."""
 
     def __init__(self, loaded: LoadedWhisper):
+        tune_allocator()  # see whisperlens._perf: avoids page-fault churn on CPU
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
