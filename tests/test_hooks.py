@@ -256,3 +256,11 @@ def test_allocator_tuning_applies_once_and_can_be_disabled(env, expected):
         check=True,
     ).stdout.strip()
     assert out == expected
+
+
+def test_frame_selection_leaves_attention_patterns_whole(pair, feats):
+    hooked, _ = pair
+    names = ["encoder.blocks.0.attn.hook_pattern", "encoder.blocks.0.hook_resid_pre"]
+    cache = hooked.run_with_cache(feats[:1], names=names, frames=[1])
+    assert cache[names[0]].shape == (1, hooked.n_heads, 1500, 1500)  # not head 1 alone
+    assert cache[names[1]].shape == (1, 1, hooked.d_model)

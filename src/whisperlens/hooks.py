@@ -102,8 +102,8 @@ class HookedWhisper:
 
         Without ``decoder_input_ids`` only the encoder runs (decoder sites then need ids).
         With them, the decoder runs teacher-forced and ``cache.logits`` holds its logits.
-        ``frames`` keeps only those encoder frames (saves memory); decoder sites keep all
-        positions. Attention patterns are computed with eager attention when requested.
+        ``frames`` keeps only those encoder frames (saves memory); decoder sites and
+        attention patterns keep all positions. Attention patterns are computed with eager attention when requested.
         """
         sites = self.sites(names) if names is not None else self._default_cache_sites()
         needs_decoder = any(s.stack == "decoder" for s in sites)
@@ -116,9 +116,8 @@ class HookedWhisper:
         store: dict[str, torch.Tensor] = {}
         with ExitStack() as stack:
             for site in sites:
-                stack.enter_context(
-                    self._record(site, store, frames if site.stack == "encoder" else None)
-                )
+                framed = site.stack == "encoder" and not site.spec.pattern
+                stack.enter_context(self._record(site, store, frames if framed else None))
             if any(s.spec.pattern for s in sites):
                 stack.enter_context(_eager_attention(self.model))
             logits = None
