@@ -107,3 +107,45 @@ def read_jsonl_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 ) from None
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
+
+
+def prepare_run_dir(
+    out: Path,
+    ident: dict[str, Any],
+    *,
+    what: str,
+    outputs: tuple[str, ...],
+    overwrite: bool = False,
+    error: type[Exception] | None = None,
+    config_file: str = "config.json",
+) -> None:
+    """Create a resumable run directory, or check that it holds this run's config.
+
+    ``ident`` (JSON-serialisable) is written to ``config_file``; an existing one must equal
+    it, or ``overwrite`` discards the run's ``outputs``. A non-empty directory without a
+    config is refused, so nothing of the user's is mixed into or deleted by a run.
+    """
+    from whisperlens.errors import WhisperlensError
+
+    err = error or WhisperlensError
+    ident = json.loads(json.dumps(ident, default=str))
+    config_path = out / config_file
+    if config_path.exists():
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+        if stored == ident and not overwrite:
+            return
+        if not overwrite:
+            changed = sorted(k for k in {*stored, *ident} if stored.get(k) != ident.get(k))
+            raise err(
+                f"{out} holds a run with a different config (differs in {', '.join(changed)})",
+                "pass another --out directory, or --overwrite to discard that run",
+            )
+        for name in outputs:
+            (out / name).unlink(missing_ok=True)
+    elif out.exists() and any(out.iterdir()):
+        raise err(
+            f"{out} is not empty and holds no {what} run ({config_file} missing)",
+            "pass a new or empty --out directory",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(config_path, ident)

@@ -35,7 +35,7 @@ from typing import Any, Literal, get_args
 import torch
 from tqdm import tqdm
 
-from whisperlens._io import atomic_write_json, read_jsonl_rows
+from whisperlens._io import atomic_write_json, prepare_run_dir, read_jsonl_rows
 from whisperlens.decoding import (
     DecodingError,
     check_language_task,
@@ -374,27 +374,15 @@ def summarize(config: BaselineConfig, rows: Sequence[dict]) -> dict[str, Any]:
 
 def prepare_out_dir(config: BaselineConfig, overwrite: bool = False) -> None:
     """Create the run directory, or check it holds this config (``overwrite`` clears it)."""
-    out, ident = config.out, json.loads(json.dumps(config.identity(), default=str))
-    config_path = out / CONFIG_FILE
-    if config_path.exists():
-        stored = json.loads(config_path.read_text(encoding="utf-8"))
-        if stored == ident and not overwrite:
-            return
-        if not overwrite:
-            changed = sorted(k for k in {*stored, *ident} if stored.get(k) != ident.get(k))
-            raise BaselineError(
-                f"{out} holds a run with a different config (differs in {', '.join(changed)})",
-                "pass another --out directory, or --overwrite to discard that run",
-            )
-        for name in (ROWS_FILE, SUMMARY_FILE):
-            (out / name).unlink(missing_ok=True)
-    elif out.exists() and any(out.iterdir()):
-        raise BaselineError(
-            f"{out} is not empty and holds no baseline run ({CONFIG_FILE} missing)",
-            "pass a new or empty --out directory",
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config_path, ident)
+    prepare_run_dir(
+        config.out,
+        config.identity(),
+        what="baseline",
+        outputs=(ROWS_FILE, SUMMARY_FILE),
+        overwrite=overwrite,
+        error=BaselineError,
+        config_file=CONFIG_FILE,
+    )
 
 
 def read_rows(path: Path) -> list[dict]:

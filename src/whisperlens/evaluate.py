@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisperlens._io import atomic_write_json, read_jsonl_rows
+from whisperlens._io import atomic_write_json, prepare_run_dir, read_jsonl_rows
 from whisperlens.errors import WhisperlensError
 
 CONFIG_FILE, ROWS_FILE, SUMMARY_FILE = "config.json", "rows.jsonl", "summary.json"
@@ -66,16 +66,11 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> dict:
 
 
 def _start(out: Path, config: EvalConfig) -> set[str]:
-    """Write config.json (or check it matches) and return the ids already done."""
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / CONFIG_FILE
-    if cfg_path.exists():
-        if json.loads(cfg_path.read_text()) != asdict(config):
-            raise WhisperlensError(
-                f"{out} holds a run with a different config", "use another --out or delete it"
-            )
-    else:
-        atomic_write_json(cfg_path, asdict(config))
+    """Create or check the run directory; return the ids already done."""
+    prepare_run_dir(
+        out, asdict(config), what="evaluate", outputs=(ROWS_FILE, SUMMARY_FILE),
+        config_file=CONFIG_FILE,
+    )  # fmt: skip
     return {row["id"] for row in read_jsonl_rows(out / ROWS_FILE)}
 
 
