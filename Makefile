@@ -21,3 +21,4 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/hooks.py
+	$(BIN)/python bench/executors.py

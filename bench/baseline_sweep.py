@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from whisperlens._io import atomic_write_text, cache_dir
-from whisperlens.baseline import SUMMARY_FILE, BaselineConfig, run_baseline
+from whisperlens.studies.baseline import SUMMARY_FILE, BaselineConfig, run_baseline
 
 # (engine, carrier, rate) on tiny.en: every engine x carrier x rate.
 GRID: tuple[tuple[str, str, float], ...] = tuple(

@@ -13,24 +13,19 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from whisperlens import baseline
-from whisperlens.baseline import (
-    CONFIG_FILE,
-    ROWS_FILE,
-    SUMMARY_FILE,
+from whisperlens.cli import build_parser
+from whisperlens.commands.baseline import config_from_args
+from whisperlens.errors import WhisperlensError
+from whisperlens.runs import CONFIG_FILE, ROWS_FILE, SUMMARY_FILE
+from whisperlens.stimuli.carriers import CARRIERS, carrier_for, carrier_split
+from whisperlens.studies import baseline
+from whisperlens.studies.baseline import (
     BaselineConfig,
     BaselineError,
     Item,
     build_items,
-    carrier_for,
-    carrier_split,
     run_baseline,
-    wilson_interval,
 )
-from whisperlens.cli import build_parser
-from whisperlens.commands.baseline import config_from_args
-from whisperlens.errors import WhisperlensError
-from whisperlens.stimuli.carriers import CARRIERS
 
 # --- config and CLI -----------------------------------------------------------------------
 
@@ -59,7 +54,7 @@ def test_config_rejects_bad_values(tmp_path: Path, kwargs: dict[str, Any]) -> No
 def test_config_normalises_rate_language_and_out(tmp_path: Path) -> None:
     config = BaselineConfig("minimal", str(tmp_path), rate="slow", language="Spanish")  # type: ignore[arg-type]
     assert config.rate == 0.85 and config.language == "es" and config.out == tmp_path
-    assert "out" not in config.identity()
+    assert "out" not in config.settings()
 
 
 def test_cli_parses_into_the_dataclass(tmp_path: Path) -> None:
@@ -112,8 +107,10 @@ def test_en_es_sides_get_their_own_language_and_carrier(tmp_path: Path) -> None:
     assert (by_side["b"].language, by_side["b"].carrier) == ("es", "es_diga")
     assert carrier_for("es_la_palabra", "en").name == "the_word_is"
     assert carrier_for("bare", "es").name == "bare"
-    with pytest.raises(BaselineError, match="counterpart"):
+    with pytest.raises(ValueError, match="counterpart"):
         carrier_for("i_said", "es")
+    with pytest.raises(BaselineError, match="counterpart"):
+        build_items(BaselineConfig("en-es", tmp_path, carrier="i_said", n_pairs=1))
 
 
 @pytest.mark.parametrize(
@@ -139,6 +136,10 @@ def fake_row(item: Item) -> dict[str, Any]:
     rng = random.Random(item.item_id)
     margin = rng.uniform(-3, 6)
     return {
+        "key": item.key,
+        "audio": "",
+        "text": item.target,
+        "transcript": item.target,
         "item_id": item.item_id,
         "target": item.target,
         "foil": item.foil,
@@ -150,7 +151,6 @@ def fake_row(item: Item) -> dict[str, Any]:
         "target_present": rng.random() < 0.6,
         "margin": margin,
         "p_target": 1 / (1 + math.exp(-margin)),
-        "seconds": 0.5,
     }
 
 
@@ -159,13 +159,13 @@ def fake_model(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Replace model loading and per-item scoring; returns the list of scored item ids."""
     calls: list[str] = []
 
-    def evaluate(model: Any, config: BaselineConfig, item: Item, clips: Any) -> dict[str, Any]:
-        calls.append(item.item_id)
-        return fake_row(item)
+    def score(model: Any, config: BaselineConfig, items: Any) -> list[dict[str, Any]]:
+        calls.extend(item.item_id for item in items)
+        return [fake_row(item) for item in items]
 
     monkeypatch.setattr(baseline, "load_model", lambda name: object())
     monkeypatch.setattr(baseline, "check_model", lambda config, items, model: None)
-    monkeypatch.setattr(baseline, "evaluate_item", evaluate)
+    monkeypatch.setattr(baseline, "score_clip", score)
     return calls
 
 
@@ -176,6 +176,7 @@ def test_resume_recomputes_exactly_the_missing_rows(tmp_path: Path, fake_model: 
     rows_path = tmp_path / "run" / ROWS_FILE
     lines = rows_path.read_text().splitlines()
     kept = json.loads(lines[0])["item_id"]
+    assert (tmp_path / "run" / "report.html").is_file()
     rows_path.write_text(lines[0] + "\n" + lines[1][:10])  # one row and a torn line
     fake_model.clear()
     second = run_baseline(config, progress=False)
@@ -197,7 +198,7 @@ def test_a_different_config_needs_overwrite(tmp_path: Path, fake_model: list[str
     summary = run_baseline(other, overwrite=True, progress=False)
     assert len(fake_model) == 6 and summary["overall"]["n_items"] == 6
     stored = json.loads((tmp_path / CONFIG_FILE).read_text())
-    assert stored["n_pairs"] == 3
+    assert stored["config"]["n_pairs"] == 3
 
 
 def test_refuses_a_foreign_nonempty_directory(tmp_path: Path, fake_model: list[str]) -> None:
@@ -245,7 +246,7 @@ def test_identically_spelled_pairs_are_left_out_of_forced_choice() -> None:
         {"target": "casa", "foil": "house", "correct": True, "margin": 2.0},
         {"target": "perro", "foil": "dog", "correct": False, "margin": -1.0},
     ]
-    rows = [{**r, "exact_match": False, "target_present": True, "seconds": 1.0} for r in rows]
+    rows = [{**r, "exact_match": False, "target_present": True} for r in rows]
     rows = [{**r, "p_target": 1 / (1 + math.exp(-r["margin"]))} for r in rows]
     stats = baseline.row_stats(rows)
     assert stats["n_items"] == 3 and stats["forced_choice"]["n_items"] == 2
@@ -260,14 +261,6 @@ def test_unusable_voice_is_refused_before_loading_a_model(
     with pytest.raises(WhisperlensError, match="piper voice"):
         run_baseline(config, progress=False)
     assert fake_model == []
-
-
-def test_wilson_interval_edges() -> None:
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    lo, hi = wilson_interval(10, 10)
-    assert hi == pytest.approx(1.0) and 0.69 < lo < 0.73  # 10/10: [0.722, 1]
-    lo, hi = wilson_interval(0, 10)
-    assert lo == 0.0 and 0.27 < hi < 0.31
 
 
 # --- real run -------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from whisperlens import evaluate as ev
 from whisperlens.datasets import AudioDataset, AudioItem
 from whisperlens.errors import WhisperlensError
+from whisperlens.studies import evaluate as ev
 
 REFS = {"a": "the cat sat", "b": "hello world", "c": "red green blue yellow"}
 HYPS = {"a": "the cat sat down", "b": "hello word", "c": "red green blue yellow"}
@@ -41,9 +41,7 @@ def fake_model(monkeypatch):
         return out
 
     monkeypatch.setattr("whisperlens.decoding.transcribe", transcribe)
-    monkeypatch.setattr(
-        "whisperlens.models.whisper.load_whisper", lambda name: SimpleNamespace(multilingual=False)
-    )
+    monkeypatch.setattr(ev, "load_model", lambda name: SimpleNamespace(multilingual=False))
     return calls
 
 
@@ -77,6 +75,29 @@ def test_different_config_in_same_dir_is_refused(manifest, tmp_path, fake_model)
     ev.run_evaluation(ev.EvalConfig(str(manifest), "fake", out), progress=False)
     with pytest.raises(WhisperlensError, match="different config"):
         ev.run_evaluation(ev.EvalConfig(str(manifest), "other", out), progress=False)
+
+
+def test_an_unreadable_item_is_an_error_row_and_its_batch_goes_on(tmp_path, fake_model):
+    items = [
+        AudioItem(id=k, audio=np.full(1600, 0.01 * (i + 1), np.float32), text=REFS[k])
+        for i, k in enumerate(REFS)
+    ]
+    bad = AudioItem(id="broken", path=tmp_path / "missing.wav", text="gone")
+    manifest = AudioDataset([items[0], bad, *items[1:]]).save_manifest(tmp_path / "m.jsonl")
+    config = ev.EvalConfig(dataset=str(manifest), model="fake", out=str(tmp_path / "run"))
+    summary = ev.run_evaluation(config, progress=False)
+    assert sorted(fake_model) == ["a", "b", "c"]  # the good items of the batch
+    assert summary["n_items"] == 3 and summary["n_unreadable"] == 1
+    assert summary["wer"] == pytest.approx(2 / 9)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "broken", "b", "c"]
+    assert "missing.wav" in rows[1]["error"]
+
+
+def test_batches_never_mix_languages():
+    items = [SimpleNamespace(language=lang) for lang in ["en", "en", "es", "es", "es", "en"]]
+    sizes = [[i.language for i in b] for b in ev.batches(items, 2)]
+    assert sizes == [["en", "en"], ["es", "es"], ["es"], ["en"]]
 
 
 def test_unknown_dataset_names_the_choices():

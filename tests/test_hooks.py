@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from whisperlens.errors import ShapeError, SiteError
 from whisperlens.hooks import HookedWhisper
-from whisperlens.testing import tiny_random_whisper
-
-
-@pytest.fixture(scope="module")
-def pair():
-    loaded = tiny_random_whisper(seed=1)
-    reference = copy.deepcopy(loaded.model)  # never instrumented: the oracle
-    return HookedWhisper(loaded), reference
-
-
-@pytest.fixture(scope="module")
-def feats():
-    torch.manual_seed(0)
-    return torch.randn(2, 80, 3000)
-
 
 IDS = torch.tensor([[50257, 400, 401, 402, 403], [50257, 10, 11, 12, 13]])
 
@@ -264,3 +247,17 @@ def test_frame_selection_leaves_attention_patterns_whole(pair, feats):
     cache = hooked.run_with_cache(feats[:1], names=names, frames=[1])
     assert cache[names[0]].shape == (1, hooked.n_heads, 1500, 1500)  # not head 1 alone
     assert cache[names[1]].shape == (1, 1, hooked.d_model)
+
+
+def test_hook_points_are_built_from_the_site_table(pair):
+    from whisperlens.instrument import HookPoint
+
+    hooked, _ = pair
+    inner = hooked.model.model
+    assert list(hooked.hook_points) == hooked.site_names()
+    for site in hooked.sites(hooked.site_names()):
+        assert inner.get_submodule(site.module_path) is hooked.hook_points[site.name]
+    every = [m for m in inner.modules() if isinstance(m, HookPoint)]
+    assert len(every) == len(hooked.hook_points) == len({id(m) for m in every})
+    cross = inner.get_submodule("decoder.layers.1.encoder_attn.hook_pattern")
+    assert cross is hooked.hook_points["decoder.blocks.1.cross_attn.hook_pattern"]

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from whisperlens.cli import main
+from whisperlens.errors import WhisperlensError
 from whisperlens.stimuli import carriers, tts
 from whisperlens.stimuli.tts import Segment, StimulusError, SynthesisRequest, synthesize
 
@@ -155,6 +156,59 @@ def test_espeak_unknown_voice() -> None:
         synthesize("hello", engine="espeak", voice="xx-nope")
 
 
+def _count_engine_calls(monkeypatch: pytest.MonkeyPatch, engine: str) -> list[str]:
+    calls: list[str] = []
+    instance = tts.get_engine(engine)
+    real = type(instance).synthesize
+
+    def counted(request: SynthesisRequest, voice: str) -> tts.EngineOutput:
+        calls.append(request.text)
+        return real(instance, request, voice)
+
+    monkeypatch.setattr(instance, "synthesize", counted)
+    return calls
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-400])
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x10  # a sample in the data chunk: the file still reads, same length
+    path.write_bytes(bytes(data))
+
+
+def _strip_hash(path: Path) -> None:  # an entry written before the hash was recorded
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    for key in ("sha256", "n_samples", "cache_format"):
+        meta.pop(key, None)
+    sidecar.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_bit, _strip_hash])
+def test_damaged_cache_entry_is_resynthesized(
+    damage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = synthesize("Damaged entries are redone.", engine="espeak")
+    good = first.path.read_bytes()
+    meta = json.loads(first.path.with_suffix(".json").read_text())
+    assert meta["n_samples"] == len(first.audio) and len(meta["sha256"]) == 64
+    calls = _count_engine_calls(monkeypatch, "espeak")
+    damage(first.path)
+    assert sf.read(first.path)[0].size > 0 or damage is _truncate  # still a readable WAV
+    with caplog.at_level("WARNING", logger="whisperlens"):
+        again = synthesize("Damaged entries are redone.", engine="espeak")
+    assert calls == ["Damaged entries are redone."]
+    np.testing.assert_array_equal(again.audio, first.audio)
+    assert first.path.read_bytes() == good
+    notes = [r.getMessage() for r in caplog.records if r.name.startswith("whisperlens")]
+    assert len(notes) == 1 and "re-synthesizing" in notes[0] and "\n" not in notes[0]
+    synthesize("Damaged entries are redone.", engine="espeak")
+    assert len(calls) == 1  # repaired: a hit again
+
+
 # --- piper ----------------------------------------------------------------------------
 
 
@@ -179,6 +233,14 @@ def test_piper_speech_timings_and_determinism(_cache: Path) -> None:
     number = synthesize("I have 42 cats.", engine="piper")
     assert number.words is None and number.phonemes
     assert number.time_span((7, 9)) is None
+
+
+def test_piper_unknown_voice_names_the_installed_ones() -> None:
+    with pytest.raises(WhisperlensError) as info:
+        synthesize("hello", engine="piper", voice="en_US-nobody-medium")
+    message = str(info.value)
+    assert "'en_US-nobody-medium' is not installed" in message
+    assert "installed voices: en_US-joe-medium" in message and "pip install" not in message
 
 
 # --- CLI ------------------------------------------------------------------------------

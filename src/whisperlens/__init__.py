@@ -23,11 +23,14 @@ _EXPORTS = {
     "load_audio": "whisperlens.audio",
     "log_mel": "whisperlens.features",
     "synthesize": "whisperlens.stimuli.tts",
+    "encode": "whisperlens.decoding",
+    "decode": "whisperlens.decoding",
     "transcribe": "whisperlens.decoding",
     "DecodeOptions": "whisperlens.decoding",
+    "score_encoded": "whisperlens.scoring",
     "candidate_logprobs": "whisperlens.scoring",
     "forced_choice": "whisperlens.scoring",
-    "wer": "whisperlens.scoring",
+    "wer": "whisperlens.metrics",
     "load_pairs": "whisperlens.stimuli.wordlists",
 }
 

@@ -35,18 +35,104 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it onto ``dest`` only on success.
 
     A crash or exception leaves ``dest`` untouched (old content or absent), never half-written.
+    The file gets the permissions ``open()`` would give it (0666 less the process umask).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; match open()'s files
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Check, before any work, that a file can be written at ``path``; return it as a Path.
+
+    Raises WhisperlensError naming the cause and the fix when ``path`` is a directory, lies
+    under a file, or its nearest existing directory cannot be written to (tested by creating
+    and removing a probe file, so it also holds for root and for /proc). Writes nothing.
+    """
+    from whisperlens.errors import WhisperlensError
+
+    path = Path(path)
+    if path.is_dir():
+        raise WhisperlensError(
+            f"output {path} is an existing directory, not a file",
+            f"pass a file path (e.g. {path / 'out'}{path.suffix})",
+        )
+    _check_writable_parent(path, what="output file")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Check, before any work, that ``path`` is or can become a writable directory.
+
+    Raises WhisperlensError (cause and fix) when ``path`` is an existing file, lies under a
+    file, or cannot be created or written to. Writes nothing (a probe file is removed).
+    """
+    from whisperlens.errors import WhisperlensError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WhisperlensError(
+            f"output directory {path} is an existing file",
+            "pass a directory path, or move that file away",
+        )
+    if path.is_dir():
+        _probe_write(path, path, what="output directory")
+    else:
+        _check_writable_parent(path, what="output directory")
+    return path
+
+
+def _check_writable_parent(path: Path, *, what: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a directory we can write into."""
+    from whisperlens.errors import WhisperlensError
+
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise WhisperlensError(
+            f"cannot write {what} {path}: {ancestor} is a file, not a directory",
+            "choose a path in a directory",
+        )
+    _probe_write(ancestor, path, what=what)
+
+
+def _probe_write(folder: Path, path: Path, *, what: str) -> None:
+    from whisperlens.errors import WhisperlensError
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".whisperlens-probe.", dir=folder)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise WhisperlensError(
+            f"cannot write {what} {path}: {folder} is not writable ({reason})",
+            "choose a path in a writable directory",
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
@@ -82,70 +168,3 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     """Short hex digest of a JSON-serialisable object (sorted keys): a cache key."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
-
-
-def read_jsonl_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a resumable ``rows.jsonl`` (one JSON object per line, appended and flushed).
-
-    A torn last line (a crash mid-write) is dropped from the file, so the run resumes
-    cleanly; a bad line anywhere else is an error, since that is not a crash artefact.
-    """
-    from whisperlens.errors import WhisperlensError
-
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for n, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n != len(lines) - 1:
-                raise WhisperlensError(
-                    f"{path} line {n + 1} is not JSON", "delete the run directory or overwrite it"
-                ) from None
-            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows
-
-
-def prepare_run_dir(
-    out: Path,
-    ident: dict[str, Any],
-    *,
-    what: str,
-    outputs: tuple[str, ...],
-    overwrite: bool = False,
-    error: type[Exception] | None = None,
-    config_file: str = "config.json",
-) -> None:
-    """Create a resumable run directory, or check that it holds this run's config.
-
-    ``ident`` (JSON-serialisable) is written to ``config_file``; an existing one must equal
-    it, or ``overwrite`` discards the run's ``outputs``. A non-empty directory without a
-    config is refused, so nothing of the user's is mixed into or deleted by a run.
-    """
-    from whisperlens.errors import WhisperlensError
-
-    err = error or WhisperlensError
-    ident = json.loads(json.dumps(ident, default=str))
-    config_path = out / config_file
-    if config_path.exists():
-        stored = json.loads(config_path.read_text(encoding="utf-8"))
-        if stored == ident and not overwrite:
-            return
-        if not overwrite:
-            changed = sorted(k for k in {*stored, *ident} if stored.get(k) != ident.get(k))
-            raise err(
-                f"{out} holds a run with a different config (differs in {', '.join(changed)})",
-                "pass another --out directory, or --overwrite to discard that run",
-            )
-        for name in outputs:
-            (out / name).unlink(missing_ok=True)
-    elif out.exists() and any(out.iterdir()):
-        raise err(
-            f"{out} is not empty and holds no {what} run ({config_file} missing)",
-            "pass a new or empty --out directory",
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config_path, ident)

@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from whisperlens._io import atomic_path
-from whisperlens.errors import AudioError
+from whisperlens.errors import AudioError, ShapeError
 from whisperlens.frames import SAMPLE_RATE, WINDOW_SECONDS
 
 LongPolicy = Literal["error", "split"]
@@ -81,14 +81,28 @@ def load_audio(
     audio = resample(audio, rate, SAMPLE_RATE)
     if long == "split":
         return split_windows(audio)
-    seconds = len(audio) / SAMPLE_RATE
-    if seconds > MAX_SECONDS + 1e-9:
-        raise AudioError(
-            f"{name} is {seconds:.2f} s long, but Whisper sees one {MAX_SECONDS:.0f} s window "
-            "and whisperlens never truncates silently",
-            _SPLIT_HINT,
-        )
+    _check_length(audio, name)
     return audio
+
+
+def as_clip(source: Any, name: str = "audio array") -> np.ndarray:
+    """One 16 kHz mono waveform, checked as :func:`load_audio` checks arrays, as float32.
+
+    For audio that is already 16 kHz mono (the model boundary,
+    :func:`whisperlens.features.as_features`, calls this on every clip). ``source`` is a
+    numpy array or torch tensor; integer PCM is scaled by its dtype range (int16 32767 ->
+    ~1.0), as :func:`load_audio` does. Nothing is mixed or resampled, so it must be 1-D
+    (ShapeError otherwise), non-empty, finite and at most 30 s long (AudioError otherwise).
+    """
+    samples = _normalise_dtype(_as_array(source), name)
+    if samples.ndim != 1:
+        raise ShapeError(
+            f"{name} has shape {samples.shape}, expected a 1-D 16 kHz mono waveform",
+            "load it with whisperlens.audio.load_audio, which mixes to mono and resamples",
+        )
+    _check_content(samples, name)
+    _check_length(samples, name)
+    return samples
 
 
 def split_windows(
@@ -238,15 +252,22 @@ def _check_wav_truncation(path: Path, name: str) -> None:
 # --- arrays ----------------------------------------------------------------------------
 
 
-def _from_array(source: Any, sample_rate: int | None) -> tuple[np.ndarray, int, str]:
-    name = "audio array"
+def _as_array(source: Any) -> np.ndarray:
+    """A numpy array from a numpy array or torch tensor (on any device)."""
     if hasattr(source, "detach") and hasattr(source, "cpu"):  # torch.Tensor
-        source = source.detach().cpu().numpy()
+        source = source.detach().cpu()
+        source = (source.float() if source.is_floating_point() else source).numpy()
     if not isinstance(source, np.ndarray):
         raise AudioError(
             f"cannot load audio from a {type(source).__name__}",
             "pass a file path, a numpy array or a torch tensor",
         )
+    return source
+
+
+def _from_array(source: Any, sample_rate: int | None) -> tuple[np.ndarray, int, str]:
+    name = "audio array"
+    source = _as_array(source)
     if sample_rate is None:
         raise AudioError(
             f"{name} of shape {source.shape} has no sample rate",
@@ -301,6 +322,16 @@ def _to_mono(samples: np.ndarray, name: str) -> np.ndarray:
         raise AudioError(f"{name} has no channels", "pass audio with at least one channel")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float64)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _check_length(audio: np.ndarray, name: str) -> None:
+    seconds = len(audio) / SAMPLE_RATE
+    if seconds > MAX_SECONDS + 1e-9:
+        raise AudioError(
+            f"{name} is {seconds:.2f} s long, but Whisper sees one {MAX_SECONDS:.0f} s window "
+            "and whisperlens never truncates silently",
+            _SPLIT_HINT,
+        )
 
 
 def _check_content(audio: np.ndarray, name: str) -> None:

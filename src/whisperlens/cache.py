@@ -1,18 +1,23 @@
-"""ActivationCache: recorded activations by site name, with frame/time slicing and I/O."""
+"""ActivationCache: recorded activations by site name, with frame/time slicing and I/O.
+
+:func:`cache_activations` records one clip into a safetensors file (``whisperlens cache``).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from whisperlens._io import atomic_path
+from whisperlens._io import atomic_path, check_output_file
 from whisperlens.errors import ShapeError, SiteError, WhisperlensError
-from whisperlens.frames import N_ENCODER_FRAMES, frames_for_span
+from whisperlens.frames import N_ENCODER_FRAMES, SAMPLE_RATE, frames_for_span, n_audio_frames
 
 _FRAME_INDEX_KEY = "__frame_index__"
 _LOGITS_KEY = "__logits__"
@@ -167,3 +172,85 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             frame_index=tensors.get(_FRAME_INDEX_KEY),
             logits=tensors.get(_LOGITS_KEY),
         )
+
+
+# ---------------------------------------------------------------- recording one clip
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """One clip's activations to record; the ``whisperlens cache`` command builds this."""
+
+    audio: Path  # audio file to run
+    model: str  # offline name, hub id or path
+    sites: tuple[str, ...]  # site names or globs
+    out: Path  # .safetensors output
+    start_s: float | None = None  # keep only frames from here ...
+    end_s: float | None = None  # ... to here (default: the frames covering real audio)
+    all_frames: bool = False  # keep the 30 s padding frames too (no span given)
+
+    def __post_init__(self) -> None:
+        if Path(self.out).suffix != ".safetensors":
+            raise WhisperlensError(f"output {self.out} must end in .safetensors", "rename it")
+        if (self.start_s is None) != (self.end_s is None):
+            raise WhisperlensError("--start and --end go together", "give both or neither")
+        if self.start_s is None or self.end_s is None:
+            return
+        if self.start_s < 0:
+            raise WhisperlensError(
+                f"span start {self.start_s:g} s is negative", "give --start 0 or later"
+            )
+        if self.end_s <= self.start_s:
+            raise WhisperlensError(
+                f"span end {self.end_s:g} s is before its start {self.start_s:g} s "
+                "(or equal to it)",
+                "give --end after --start",
+            )
+
+
+def span_frames(config: CacheConfig, n_samples: int) -> slice | None:
+    """The encoder frames to keep for a clip of ``n_samples``; refuses spans past its end."""
+    if config.start_s is None or config.end_s is None:
+        return None if config.all_frames else slice(0, n_audio_frames(n_samples))
+    length_s = n_samples / SAMPLE_RATE
+    if config.end_s > length_s + 0.5 / SAMPLE_RATE:
+        raise WhisperlensError(
+            f"span {config.start_s:g}-{config.end_s:g} s ends after the clip "
+            f"{config.audio} ({length_s:.2f} s long)",
+            f"give --end {length_s:.2f} or less",
+        )
+    return frames_for_span(config.start_s, config.end_s)
+
+
+def cache_activations(config: CacheConfig, *, progress: bool = False) -> dict[str, Any]:
+    """Record one clip's activations at ``config.sites`` into ``config.out``; a summary dict.
+
+    Checks the output path and the span before loading the model; ``progress`` shows a
+    step bar on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    from whisperlens.audio import load_audio
+    from whisperlens.hooks import HookedWhisper
+
+    check_output_file(config.out)
+    audio = load_audio(config.audio)
+    frames = span_frames(config, len(audio))
+    with tqdm(total=3, desc="cache", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str(f"loading {config.model}")
+        hooked = HookedWhisper.from_pretrained(config.model)
+        bar.update()
+        bar.set_postfix_str("recording")
+        cache = hooked.run_with_cache(audio, names=list(config.sites), frames=frames)
+        bar.update()
+        bar.set_postfix_str(f"writing {config.out.name}")
+        meta = {"audio": config.audio.name, "n_samples": str(len(audio))}
+        cache.save(config.out, extra_metadata=meta)
+        bar.update()
+    return {
+        "out": str(config.out),
+        "model": hooked.loaded.name,
+        "sites": list(cache),
+        "shape": list(next(iter(cache.values())).shape),
+        "frames": None if frames is None else [frames.start, frames.stop],
+    }

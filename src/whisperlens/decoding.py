@@ -5,6 +5,14 @@ module by module, so hooks that :class:`whisperlens.hooks.HookedWhisper` install
 submodules apply. ``model`` is anything with ``.model`` and ``.processor`` (a
 ``LoadedWhisper`` or a ``HookedWhisper``).
 
+The seam between audio and text: :func:`encode` is the one entry to the encoder (audio or
+log-mel features -> encoder output [batch, 1500, d_model], after the final LayerNorm);
+:func:`decode` and :func:`detect_language` (and
+:func:`whisperlens.scoring.score_encoded`) take that encoder output -- a tensor, or an
+:class:`~whisperlens.cache.ActivationCache` holding ``encoder.hook_ln_post`` -- so a clip
+is encoded once and then decoded, scored or patched. :func:`transcribe` is ``encode`` then
+``decode`` per batch; :func:`language_probs` is ``encode`` then ``detect_language``.
+
 Prompts (decoder input before the first generated token), as openai-whisper builds them:
 
 - multilingual: ``<|startoftranscript|><|LANG|><|TASK|><|notimestamps|>``
@@ -13,6 +21,10 @@ Prompts (decoder input before the first generated token), as openai-whisper buil
 - with ``timestamps=True`` the trailing ``<|notimestamps|>`` is left out.
 
 Decoding is greedy (argmax), one encoder pass per batch, a key/value cache on the decoder.
+It runs to ``<|endoftext|>``, or to ``DecodeOptions.max_new_tokens`` when that is set; by
+default the only limit is the decoder's context (448 tokens, ``max_target_positions``,
+less the prompt). A transcript that stops at a limit before ``<|endoftext|>`` has
+``truncated=True``, and each call that truncates warns once (:class:`TruncationWarning`).
 Before the argmax these logit filters apply, in this order (the log-probabilities that
 ``avg_logprob`` averages are taken after them, as openai-whisper does):
 
@@ -28,34 +40,34 @@ Before the argmax these logit filters apply, in this order (the log-probabilitie
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
-from whisperlens.errors import WhisperlensError
-from whisperlens.features import AudioOrFeatures, as_features
-from whisperlens.frames import ENCODER_FRAME_SECONDS
-from whisperlens.models.base import MULTILINGUAL_VOCAB_SIZE
+from whisperlens.cache import ActivationCache
+from whisperlens.errors import ShapeError, WhisperlensError
+from whisperlens.features import AudioOrFeatures, WhisperLike, as_features
+from whisperlens.frames import ENCODER_FRAME_SECONDS, N_ENCODER_FRAMES
+from whisperlens.tokens import SpecialTokens, TokenizerError, read_special_tokens, text_ids
 
 Task = Literal["transcribe", "translate"]
+Encoded = torch.Tensor | ActivationCache  # encoder output [batch, 1500, d] / [1500, d], or a cache
 TIMESTAMP_SECONDS = ENCODER_FRAME_SECONDS  # one timestamp token step: 0.02 s
 MAX_INITIAL_TIMESTAMP_S = 1.0  # openai-whisper's default max_initial_timestamp
 NEG_INF = float("-inf")
-LANGUAGE_ALIASES = {"iw": "he"}  # older vocabularies (tiny.en) spell Hebrew <|iw|>
-
-
-class WhisperLike(Protocol):
-    """A LoadedWhisper or HookedWhisper: all this module needs."""
-
-    model: Any  # transformers WhisperForConditionalGeneration
-    processor: Any  # WhisperProcessor: .tokenizer and .feature_extractor
+ENCODER_OUTPUT_SITE = "encoder.hook_ln_post"  # what an ActivationCache holds for the decoder
 
 
 class DecodingError(WhisperlensError, ValueError):
     """Options that do not fit the model (or each other)."""
+
+
+class TruncationWarning(UserWarning):
+    """Decoding stopped at a token limit before ``<|endoftext|>``: the text is cut short."""
 
 
 def language_code(language: str) -> str:
@@ -74,11 +86,12 @@ def language_code(language: str) -> str:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How :func:`transcribe` decodes. Validated on construction; model fit checked at use."""
+    """How :func:`transcribe` and :func:`decode` decode. Validated on construction; model fit
+    checked at use."""
 
     language: str | None = None  # Whisper code or name; None = detect (multilingual) / "en"
     task: Task = "transcribe"  # "translate" = into English (multilingual models only)
-    max_new_tokens: int = 128  # generated tokens per clip, <|endoftext|> included
+    max_new_tokens: int | None = None  # limit per clip incl. <|endoftext|>; None: the context
     timestamps: bool = False  # predict timestamp tokens and return segments
     batch_size: int = 8  # clips per encoder pass
 
@@ -87,7 +100,7 @@ class DecodeOptions:
             object.__setattr__(self, "language", language_code(self.language))
         if self.task not in get_args(Task):
             raise DecodingError(f"unknown task {self.task!r}", f"use one of {get_args(Task)}")
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise DecodingError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise DecodingError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -107,67 +120,20 @@ class Segment:
 class Transcript:
     """One clip's greedy transcript."""
 
-    text: str  # decoded text tokens, stripped
+    text: str  # decoded text tokens, stripped (after decode(prefix=...): the continuation)
     language: str  # the language token used (detected or given); "en" for .en models
-    tokens: tuple[int, ...]  # generated ids after the prompt, without <|endoftext|>
+    tokens: tuple[int, ...]  # generated ids after the prompt (and prefix), no <|endoftext|>
     avg_logprob: float  # mean log-prob of generated tokens incl. <|endoftext|> (filtered logits)
     segments: tuple[Segment, ...] = ()  # only with timestamps=True
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Ids of Whisper's control tokens for one model's vocabulary."""
-
-    sot: int
-    eot: int
-    transcribe: int
-    translate: int
-    notimestamps: int
-    sot_prev: int
-    sot_lm: int
-    nocaptions: int
-    timestamp_begin: int  # <|0.00|>; timestamp tokens run to the end of the vocabulary
-    vocab_size: int
-    multilingual: bool
-    languages: dict[str, int]  # language code -> token id, for the languages this vocab has
-
-    def control_ids(self) -> list[int]:
-        """Every special token between <|endoftext|> and the timestamps: start, language,
-        task, start-of-LM, start-of-prev, no-speech, <|notimestamps|>."""
-        return list(range(self.eot + 1, self.timestamp_begin))
+    truncated: bool = False  # stopped at the token limit before <|endoftext|>: text cut short
 
 
 def special_tokens(model: WhisperLike) -> SpecialTokens:
     """Control-token ids read from the model's tokenizer (checked against its vocabulary)."""
-    tok = model.processor.tokenizer
-    vocab_size = int(model.model.config.vocab_size)
-
-    def tid(token: str) -> int:
-        i = tok.convert_tokens_to_ids(token)
-        if i is None or tok.convert_ids_to_tokens(int(i)) != token:
-            raise DecodingError(f"the tokenizer has no {token} token", "load a Whisper tokenizer")
-        return int(i)
-
-    sot, translate = tid("<|startoftranscript|>"), tid("<|translate|>")
-    languages = {}  # the language tokens sit between <|startoftranscript|> and <|translate|>
-    for i, token in enumerate(tok.convert_ids_to_tokens(list(range(sot + 1, translate)))):
-        code = token.removeprefix("<|").removesuffix("|>")
-        languages[LANGUAGE_ALIASES.get(code, code)] = sot + 1 + i
-    notimestamps = tid("<|notimestamps|>")
-    return SpecialTokens(
-        sot=sot,
-        eot=tid("<|endoftext|>"),
-        transcribe=tid("<|transcribe|>"),
-        translate=translate,
-        notimestamps=notimestamps,
-        sot_prev=tid("<|startofprev|>"),
-        sot_lm=tid("<|startoflm|>"),
-        nocaptions=tid("<|nocaptions|>"),
-        timestamp_begin=notimestamps + 1,
-        vocab_size=vocab_size,
-        multilingual=vocab_size >= MULTILINGUAL_VOCAB_SIZE,
-        languages=languages,
-    )
+    try:
+        return read_special_tokens(model.processor.tokenizer, int(model.model.config.vocab_size))
+    except TokenizerError as exc:
+        raise DecodingError(exc.cause, exc.fix) from None
 
 
 def check_language_task(st: SpecialTokens, language: str | None, task: Task) -> None:
@@ -203,27 +169,45 @@ def prompt_ids(
     return ids
 
 
-class _View:
-    """What :func:`whisperlens.features.as_features` needs, read off ``.model``/``.processor``."""
-
-    def __init__(self, model: WhisperLike):
-        self._m = model.model
-        self.feature_extractor = model.processor.feature_extractor
-
-    n_mels = property(lambda self: int(self._m.config.num_mel_bins))
-    device = property(lambda self: next(self._m.parameters()).device)
-    dtype = property(lambda self: next(self._m.parameters()).dtype)
-
-
-def features_of(model: WhisperLike, audio_or_features: AudioOrFeatures) -> torch.Tensor:
-    """Log-mel features [batch, n_mels, 3000] from audio (one clip or a list) or features."""
-    return as_features(_View(model), audio_or_features)  # type: ignore[arg-type]
-
-
-def encode(model: WhisperLike, features_BMT: torch.Tensor) -> torch.Tensor:
-    """Encoder output [batch, 1500, d_model] (after the final LayerNorm)."""
+def encode(model: WhisperLike, audio_or_features: AudioOrFeatures) -> torch.Tensor:
+    """Encoder output [batch, 1500, d_model] (after the final LayerNorm) of 16 kHz audio (one
+    1-D clip or a list) or log-mel features, checked by :func:`whisperlens.features.as_features`."""
+    features_BMT = as_features(model, audio_or_features)
     with torch.no_grad():
         return model.model.get_encoder()(input_features=features_BMT).last_hidden_state
+
+
+def as_encoded(model: WhisperLike, encoded: Encoded) -> torch.Tensor:
+    """Encoder output [batch, 1500, d_model] on the model's device and dtype, from a tensor
+    [batch, 1500, d] or [1500, d] (as :func:`encode` returns) or an ActivationCache that
+    recorded ``encoder.hook_ln_post`` on all 1500 frames."""
+    d_model = int(model.model.config.d_model)
+    if isinstance(encoded, ActivationCache):
+        index = encoded.frame_index
+        full = index is None or torch.equal(index, torch.arange(N_ENCODER_FRAMES))
+        if ENCODER_OUTPUT_SITE not in encoded or not full:
+            raise ShapeError(
+                f"the activation cache holds no full {ENCODER_OUTPUT_SITE} (all "
+                f"{N_ENCODER_FRAMES} frames), the encoder output the decoder reads",
+                f"record it with run_with_cache(audio, names='{ENCODER_OUTPUT_SITE}') and "
+                "no frames=, or pass whisperlens.decoding.encode(model, audio)",
+            )
+        encoded = encoded[ENCODER_OUTPUT_SITE]
+    if not isinstance(encoded, torch.Tensor) or encoded.ndim not in (2, 3):
+        what = tuple(encoded.shape) if isinstance(encoded, torch.Tensor) else type(encoded)
+        raise ShapeError(
+            f"encoded must be a tensor [batch, {N_ENCODER_FRAMES}, d_model], got {what}",
+            "pass whisperlens.decoding.encode(model, audio) or an ActivationCache",
+        )
+    enc_BFD = encoded if encoded.ndim == 3 else encoded.unsqueeze(0)
+    if tuple(enc_BFD.shape[1:]) != (N_ENCODER_FRAMES, d_model):
+        raise ShapeError(
+            f"encoded has shape {tuple(encoded.shape)}; this model's encoder output is "
+            f"[batch, {N_ENCODER_FRAMES}, {d_model}]",
+            "pass whisperlens.decoding.encode(model, audio) for this model, on all frames",
+        )
+    param = next(model.model.parameters())
+    return enc_BFD.to(device=param.device, dtype=param.dtype)
 
 
 def decoder_step(
@@ -259,20 +243,39 @@ def _language_logprobs(
     return logits_BTV[:, -1, lang_ids].float().log_softmax(-1)
 
 
-def language_probs(
-    model: WhisperLike, audio_or_features: AudioOrFeatures
-) -> list[dict[str, float]]:
+def detect_language(model: WhisperLike, encoded: Encoded) -> list[dict[str, float]]:
     """Per clip, P(language) = softmax over the language tokens' logits at the first decoder
-    step (decoder input ``<|startoftranscript|>`` only), keyed by code, most probable first."""
+    step (decoder input ``<|startoftranscript|>`` only), keyed by code, most probable first.
+
+    ``encoded`` is an encoder output (see :func:`as_encoded`); multilingual models only.
+    """
     st = special_tokens(model)
     require_multilingual(st)
-    enc_BFD = encode(model, features_of(model, audio_or_features))
-    probs_BL = _language_logprobs(model, enc_BFD, st).exp()
+    probs_BL = _language_logprobs(model, as_encoded(model, encoded), st).exp()
     codes = list(st.languages)
     return [
         dict(sorted(zip(codes, row.tolist(), strict=True), key=lambda kv: -kv[1]))
         for row in probs_BL
     ]
+
+
+def language_probs(
+    model: WhisperLike, audio_or_features: AudioOrFeatures
+) -> list[dict[str, float]]:
+    """:func:`detect_language` of ``encode(model, audio_or_features)``."""
+    require_multilingual(special_tokens(model))
+    return detect_language(model, encode(model, audio_or_features))
+
+
+def resolve_languages(model: WhisperLike, encoded: Encoded, language: str | None) -> list[str]:
+    """The language each clip is decoded in: ``language`` if given, "en" on English-only
+    models, else the clip's most probable language token (as :func:`detect_language`)."""
+    st = special_tokens(model)
+    enc_BFD = as_encoded(model, encoded)
+    if language is not None or not st.multilingual:
+        return [language_code(language or "en")] * enc_BFD.shape[0]
+    codes = list(st.languages)
+    return [codes[i] for i in _language_logprobs(model, enc_BFD, st).argmax(-1).tolist()]
 
 
 def suppress_mask(model: WhisperLike, st: SpecialTokens, timestamps: bool) -> torch.Tensor:
@@ -323,24 +326,21 @@ def greedy_decode(
     model: WhisperLike,
     enc_BFD: torch.Tensor,
     prompts: list[list[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     timestamps: bool = False,
 ) -> list[tuple[list[int], float]]:
     """Greedy continuation of equal-length ``prompts`` (one per row of ``enc_BFD``).
 
-    Returns per row the generated ids (without <|endoftext|>) and the summed log-prob of
-    the generated tokens including <|endoftext|> when it was reached.
+    Generates at most ``max_new_tokens`` tokens (<|endoftext|> included); None means as many
+    as the decoder's context leaves after the prompt (:func:`token_limit`). Returns per row
+    the generated ids (without <|endoftext|>) and the summed log-prob of the generated
+    tokens including <|endoftext|> when it was reached. A row that stopped at the limit
+    before <|endoftext|> holds exactly ``token_limit(...)`` ids.
     """
     st = special_tokens(model)
-    n_ctx = int(model.model.config.max_target_positions)
     if len({len(p) for p in prompts}) != 1:
         raise DecodingError("greedy_decode needs prompts of one length")
-    if len(prompts[0]) + max_new_tokens > n_ctx:
-        raise DecodingError(
-            f"the decoder has {n_ctx} positions; a {len(prompts[0])}-token prompt leaves room "
-            f"for {n_ctx - len(prompts[0])} new tokens, not {max_new_tokens}",
-            "lower max_new_tokens",
-        )
+    limit = token_limit(model, len(prompts[0]), max_new_tokens)
     mask_V = suppress_mask(model, st, timestamps).to(enc_BFD.device)
     begin = begin_suppress_ids(model, st)
     n_batch = len(prompts)
@@ -348,7 +348,7 @@ def greedy_decode(
     sum_lp_B = torch.zeros(n_batch, dtype=torch.float64)
     done_B = torch.zeros(n_batch, dtype=torch.bool)
     logits_BTV, cache = decoder_step(model, enc_BFD, torch.tensor(prompts, dtype=torch.long))
-    for step in range(max_new_tokens):
+    for step in range(limit):
         logits_BV = logits_BTV[:, -1].float().masked_fill(mask_V, NEG_INF)
         if step == 0:
             logits_BV[:, begin] = NEG_INF
@@ -362,10 +362,26 @@ def greedy_decode(
         for row in torch.nonzero(~done_B & (next_B != st.eot)).flatten().tolist():
             generated[row].append(int(next_B[row]))
         done_B |= next_B == st.eot
-        if bool(done_B.all()) or step == max_new_tokens - 1:
+        if bool(done_B.all()) or step == limit - 1:
             break
         logits_BTV, cache = decoder_step(model, enc_BFD, next_B[:, None], cache)
     return list(zip(generated, sum_lp_B.tolist(), strict=True))
+
+
+def token_limit(model: WhisperLike, n_prompt: int, max_new_tokens: int | None) -> int:
+    """Tokens a ``n_prompt``-token prompt may generate: ``max_new_tokens``, or with None all
+    the decoder's context leaves (``max_target_positions``, 448 for Whisper, minus the prompt)."""
+    n_ctx = int(model.model.config.max_target_positions)
+    room = n_ctx - n_prompt
+    if max_new_tokens is None and room >= 1:
+        return room
+    if max_new_tokens is None or max_new_tokens > room:
+        raise DecodingError(
+            f"the decoder has {n_ctx} positions; a {n_prompt}-token prompt leaves room "
+            f"for {room} new tokens, not {max_new_tokens or 'one'}",
+            "lower max_new_tokens" if max_new_tokens else "shorten the prefix",
+        )
+    return max_new_tokens
 
 
 def split_segments(tokens: list[int], st: SpecialTokens, tokenizer: Any) -> tuple[Segment, ...]:
@@ -401,44 +417,106 @@ def transcribe(
 ) -> list[Transcript]:
     """Greedy transcripts of 16 kHz clips (one array, a list) or log-mel features.
 
-    Per batch of ``options.batch_size`` clips: one encoder pass; with ``language=None`` on a
-    multilingual model one decoder step picks each clip's most probable language token
-    (:func:`language_probs`); then greedy decoding from the prompt in the module docstring.
+    Per batch of ``options.batch_size`` clips: :func:`encode`, then :func:`decode` (with
+    ``language=None`` on a multilingual model one decoder step picks each clip's most
+    probable language token; then greedy decoding from the prompt in the module docstring).
+    Warns once (:class:`TruncationWarning`) when any transcript is truncated.
     """
     options = options or DecodeOptions()
     st = special_tokens(model)
     check_language_task(st, options.language, options.task)
-    features_BMT = features_of(model, audio_or_features)
+    features_BMT = as_features(model, audio_or_features)
     out: list[Transcript] = []
     for i in range(0, features_BMT.shape[0], options.batch_size):
-        out += _transcribe_batch(model, features_BMT[i : i + options.batch_size], options, st)
+        enc_BFD = encode(model, features_BMT[i : i + options.batch_size])
+        out += _decode_batch(model, enc_BFD, options, st, [])
+    _warn_truncated(model, out, options)
     return out
 
 
-def _transcribe_batch(
-    model: WhisperLike, features_BMT: torch.Tensor, options: DecodeOptions, st: SpecialTokens
+def decode(
+    model: WhisperLike,
+    encoded: Encoded,
+    options: DecodeOptions | None = None,
+    *,
+    prefix: str | None = None,
 ) -> list[Transcript]:
-    enc_BFD = encode(model, features_BMT)
-    if options.language is not None or not st.multilingual:
-        languages = [options.language or "en"] * enc_BFD.shape[0]
-    else:
-        codes = list(st.languages)
-        best_B = _language_logprobs(model, enc_BFD, st).argmax(-1).tolist()
-        languages = [codes[i] for i in best_B]
-    prompts = [prompt_ids(st, lang, options.task, options.timestamps) for lang in languages]
-    results = greedy_decode(model, enc_BFD, prompts, options.max_new_tokens, options.timestamps)
+    """Greedy transcripts of encoder outputs (:func:`encode`'s tensor, [batch, 1500, d] or
+    [1500, d], or an ActivationCache holding ``encoder.hook_ln_post``).
+
+    ``decode(model, encode(model, audio), options)`` equals ``transcribe(model, audio,
+    options)``. With ``prefix`` (e.g. "The word is") that text is forced after the prompt
+    (encoded with one leading space, as :func:`whisperlens.scoring.score_encoded` forces a
+    carrier) and only the continuation is decoded: ``Transcript.text`` and ``.tokens`` are
+    the continuation alone (" apple." -> "apple."), and the first-token filters of the
+    module docstring apply to the first token after the prefix (openai-whisper counts a
+    prefix as part of the initial tokens too). ``prefix`` cannot be combined with timestamps.
+    """
+    options = options or DecodeOptions()
+    st = special_tokens(model)
+    check_language_task(st, options.language, options.task)
+    if prefix and options.timestamps:
+        raise DecodingError("a prefix cannot be forced with timestamps=True", "drop one of them")
+    enc_BFD = as_encoded(model, encoded)
+    forced = text_ids(model.processor.tokenizer, prefix)
+    out: list[Transcript] = []
+    for i in range(0, enc_BFD.shape[0], options.batch_size):
+        out += _decode_batch(model, enc_BFD[i : i + options.batch_size], options, st, forced)
+    _warn_truncated(model, out, options)
+    return out
+
+
+def _decode_batch(
+    model: WhisperLike,
+    enc_BFD: torch.Tensor,
+    options: DecodeOptions,
+    st: SpecialTokens,
+    forced: list[int],
+) -> list[Transcript]:
+    languages = resolve_languages(model, enc_BFD, options.language)
+    prompts = [
+        prompt_ids(st, lang, options.task, options.timestamps) + forced for lang in languages
+    ]
+    limit = token_limit(model, len(prompts[0]), options.max_new_tokens)
+    results = greedy_decode(model, enc_BFD, prompts, limit, options.timestamps)
     tokenizer = model.processor.tokenizer
     transcripts = []
     for (tokens, sum_lp), lang in zip(results, languages, strict=True):
-        text_ids = [t for t in tokens if t < st.timestamp_begin]
+        text_only = [t for t in tokens if t < st.timestamp_begin]
         segments = split_segments(tokens, st, tokenizer) if options.timestamps else ()
         transcripts.append(
             Transcript(
-                text=tokenizer.decode(text_ids).strip(),
+                text=tokenizer.decode(text_only).strip(),
                 language=lang,
                 tokens=tuple(tokens),
                 avg_logprob=sum_lp / (len(tokens) + 1),
                 segments=segments,
+                truncated=len(tokens) == limit,
             )
         )
     return transcripts
+
+
+def _warn_truncated(model: WhisperLike, out: list[Transcript], options: DecodeOptions) -> None:
+    n_cut = sum(t.truncated for t in out)
+    if not n_cut:
+        return
+    if options.max_new_tokens is None:
+        n_ctx = int(model.model.config.max_target_positions)
+        why = f"filled the decoder's {n_ctx}-token context"
+        fix = (
+            "the model is probably repeating itself; cap it with DecodeOptions.max_new_tokens, "
+            "or split dense speech into shorter windows (whisperlens.audio.split_windows)"
+        )
+    else:
+        why = f"reached max_new_tokens={options.max_new_tokens}"
+        fix = (
+            "raise DecodeOptions.max_new_tokens (--max-new-tokens), or leave it None to "
+            "decode to the end of text"
+        )
+    warnings.warn(
+        f"{n_cut} of {len(out)} transcripts {why} before <|endoftext|> and are cut short "
+        f"(Transcript.truncated); {fix}",
+        TruncationWarning,
+        stacklevel=3,
+    )

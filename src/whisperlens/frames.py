@@ -9,10 +9,6 @@ padding when the audio is shorter.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160
@@ -30,11 +26,6 @@ def seconds_to_frame(t: float) -> int:
     return min(int(math.floor(t / ENCODER_FRAME_SECONDS + 1e-9)), N_ENCODER_FRAMES - 1)
 
 
-def frame_to_seconds(frame: int) -> float:
-    """Start time (seconds) of encoder frame ``frame``."""
-    return frame * ENCODER_FRAME_SECONDS
-
-
 def frames_for_span(start_s: float, end_s: float) -> slice:
     """Encoder frames overlapping the time span [start_s, end_s)."""
     if end_s < start_s:
@@ -48,13 +39,3 @@ def n_audio_frames(n_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
     """Number of encoder frames that cover any real audio (the rest is padding)."""
     seconds = n_samples / sample_rate
     return min(math.ceil(seconds / ENCODER_FRAME_SECONDS - 1e-9), N_ENCODER_FRAMES)
-
-
-def audio_frame_mask(n_samples: int | list[int], sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Boolean mask [n_encoder_frames] (or [batch, n_encoder_frames]): True on real audio."""
-    import torch
-
-    lengths = [n_samples] if isinstance(n_samples, int) else list(n_samples)
-    idx = torch.arange(N_ENCODER_FRAMES)
-    mask = torch.stack([idx < n_audio_frames(n, sample_rate) for n in lengths])
-    return mask[0] if isinstance(n_samples, int) else mask

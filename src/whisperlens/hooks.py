@@ -1,38 +1,89 @@
 """HookedWhisper: named hook points, activation caching, patching, steering, ablation.
 
-Every intervention is a context manager that installs PyTorch hooks on the
-model's :class:`~whisperlens.instrument.HookPoint` modules and removes them in
-``finally``. They compose (nest them), and act on anything that runs the model:
-teacher-forced forward passes, ``generate`` with a KV cache, and the scoring
-functions in :mod:`whisperlens.scoring`.
+Interventions are data (:class:`~whisperlens.interventions.Intervention`);
+:meth:`HookedWhisper.apply` installs a list of them as one context manager, which adds
+PyTorch hooks on the model's :class:`~whisperlens.instrument.HookPoint` modules on entry
+and removes them on exit, also when the body raises. ``patch``, ``steer``, ``ablate``
+and ``clamp`` are the ergonomic layer over ``apply``; ``edit`` takes an arbitrary
+callable (not serialisable). Contexts compose (nest them), can be entered again, and
+act on anything that runs the model: teacher-forced forward passes, ``generate`` with a
+KV cache, and the scoring functions in :mod:`whisperlens.scoring`.
 
-Positions (``frames=``) are encoder frames (20 ms each) for encoder sites and token
-positions for decoder sites; during cached decoding each step's rows are mapped to
+Positions (``frames=``) are encoder frames (20 ms each, 0..1499) for encoder sites and
+token positions for decoder sites; during cached decoding each step's rows are mapped to
 their absolute positions, so ``frames=[3]`` on a decoder site hits the 4th token
-whether it is computed teacher-forced or one step at a time.
+whether it is computed teacher-forced or one step at a time. Out-of-window, negative,
+reversed and empty selections are refused when the context is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
+from whisperlens import decoding
 from whisperlens._perf import tune_allocator
 from whisperlens.cache import ActivationCache
 from whisperlens.errors import ShapeError
 from whisperlens.features import AudioOrFeatures, as_features
 from whisperlens.frames import N_ENCODER_FRAMES
 from whisperlens.instrument import HookPoint, instrument
+from whisperlens.interventions import (
+    FramesLike,
+    FrameSpec,
+    Intervention,
+    InterventionError,
+    Kind,
+    RowFn,
+    Span,
+    as_frames,
+    check_frames,
+    n_selected,
+    resolve_payload,
+    row_fn,
+    select_rows,
+)
 from whisperlens.models.base import LoadedWhisper
 from whisperlens.sites import Site, resolve_sites, site_names
 
-Frames = slice | Sequence[int] | torch.Tensor | None
+Frames = FramesLike  # slice, range, positions, index or bool tensor, Span, or None (all)
 # fn(activation rows at the selected positions [batch, n_sel, ...], site) -> replacement
 EditFn = Callable[[torch.Tensor, Site], torch.Tensor]
 SiteArg = str | Sequence[str]
+_Hook = Callable[[HookPoint, Any, torch.Tensor], torch.Tensor | None]
+_VALUE_KEY = "value"  # payload key the ergonomic layer uses for its tensor
+
+
+class HookContext:
+    """Installs forward hooks on entry and removes them on exit (also when the body raises).
+
+    Reusable: ``with ctx: ...`` may be repeated. Entering it again while it is active
+    installs its hooks a second time (like nesting two identical contexts).
+    """
+
+    def __init__(self, installs: Sequence[tuple[HookPoint, _Hook]]):
+        self._installs = list(installs)
+        self._active: list[list[RemovableHandle]] = []
+
+    def __enter__(self) -> HookContext:
+        handles: list[RemovableHandle] = []
+        self._active.append(handles)
+        try:
+            for point, hook in self._installs:
+                handles.append(point.register_forward_hook(hook))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._active.pop():
+            handle.remove()
 
 
 class HookedWhisper:
@@ -67,13 +118,11 @@ class HookedWhisper:
 
     # -- running ------------------------------------------------------------------
     def features(self, audio_or_features: AudioOrFeatures) -> torch.Tensor:
-        return as_features(self.loaded, audio_or_features)
+        return as_features(self, audio_or_features)
 
-    @torch.no_grad()
     def encode(self, audio_or_features: AudioOrFeatures) -> torch.Tensor:
         """Encoder output [batch, 1500, d_model] (after the final LayerNorm)."""
-        feats = self.features(audio_or_features)
-        return self.model.model.encoder(feats).last_hidden_state
+        return decoding.encode(self, audio_or_features)
 
     @torch.no_grad()
     def forward(
@@ -84,6 +133,34 @@ class HookedWhisper:
         ids = decoder_input_ids.to(feats.device)
         ids = ids if ids.ndim == 2 else ids.unsqueeze(0)
         return self.model(input_features=feats, decoder_input_ids=ids, use_cache=False).logits
+
+    @torch.no_grad()
+    def encode_from(self, layer: int, hidden_BFD: torch.Tensor) -> torch.Tensor:
+        """Encoder output [batch, 1500, d_model] from the input states of block ``layer``.
+
+        Runs encoder blocks ``layer..n_layers-1`` and the final LayerNorm on
+        ``hidden_BFD`` (hooks active), so the continuation after block ``L``'s output
+        ``states`` is ``encode_from(L + 1, states)`` (``layer = n_layers``: only the
+        LayerNorm), without recomputing the convolution stem and earlier blocks.
+        """
+        encoder = self.model.model.encoder
+        n_layers = len(encoder.layers)
+        if not 0 <= layer <= n_layers:
+            raise ShapeError(
+                f"encode_from layer {layer} is outside 0..{n_layers} for this encoder",
+                f"pass a block index in 0..{n_layers} ({n_layers}: only the final LayerNorm)",
+            )
+        if hidden_BFD.ndim != 3 or hidden_BFD.shape[-1] != self.d_model:
+            raise ShapeError(
+                f"encode_from needs states [batch, frames, {self.d_model}], "
+                f"got {tuple(hidden_BFD.shape)}",
+                "pass a block's residual stream, e.g. from run_with_cache",
+            )
+        param = next(self.model.parameters())
+        hidden = hidden_BFD.to(device=param.device, dtype=param.dtype)
+        for block in encoder.layers[layer:]:
+            hidden = block(hidden, None)
+        return encoder.layer_norm(hidden)
 
     @torch.no_grad()
     def generate(self, audio_or_features: AudioOrFeatures, **kwargs) -> torch.Tensor:
@@ -103,7 +180,8 @@ class HookedWhisper:
         Without ``decoder_input_ids`` only the encoder runs (decoder sites then need ids).
         With them, the decoder runs teacher-forced and ``cache.logits`` holds its logits.
         ``frames`` keeps only those encoder frames (saves memory); decoder sites and
-        attention patterns keep all positions. Attention patterns are computed with eager attention when requested.
+        attention patterns keep all positions. Attention patterns are computed with
+        eager attention when requested.
         """
         sites = self.sites(names) if names is not None else self._default_cache_sites()
         needs_decoder = any(s.stack == "decoder" for s in sites)
@@ -112,12 +190,14 @@ class HookedWhisper:
                 "decoder sites were requested but no decoder_input_ids were given",
                 "pass decoder_input_ids (e.g. the prompt tokens) or only encoder sites",
             )
+        spec = as_frames(frames)
+        framed = [s for s in sites if s.stack == "encoder" and not s.spec.pattern]
+        check_frames(spec, framed[0].name if framed else "the encoder", "encoder")
         feats = self.features(audio_or_features)
         store: dict[str, torch.Tensor] = {}
         with ExitStack() as stack:
             for site in sites:
-                framed = site.stack == "encoder" and not site.spec.pattern
-                stack.enter_context(self._record(site, store, frames if framed else None))
+                stack.enter_context(self._record(site, store, spec if site in framed else None))
             if any(s.spec.pattern for s in sites):
                 stack.enter_context(_eager_attention(self.model))
             logits = None
@@ -128,56 +208,79 @@ class HookedWhisper:
         return ActivationCache(
             store,
             model_name=self.loaded.name,
-            frame_index=_frame_index(frames),
+            frame_index=None if spec is None else _positions(spec, N_ENCODER_FRAMES),
             logits=logits,
         )
 
     def _default_cache_sites(self) -> list[Site]:
         return [s for s in self.sites("encoder.*") if s.spec.residual]
 
-    @contextmanager
-    def _record(self, site: Site, store: dict[str, torch.Tensor], frames: Frames) -> Iterator[None]:
+    def _record(self, site: Site, store: dict[str, torch.Tensor], frames: FrameSpec):
         def hook(module: HookPoint, _args, output: torch.Tensor) -> None:
             value = output.detach()
-            if frames is not None:
-                value = value[:, _as_index(frames, value.shape[1], value.device)].clone()
+            if isinstance(frames, Span):
+                value = value[:, frames.start : frames.stop].clone()
+            elif frames is not None:
+                value = value[:, _positions(frames, value.shape[1]).to(value.device)]
             prev = store.get(site.name)
             # decoder steps with a KV cache arrive one position at a time: append
             store[site.name] = (
                 value if prev is None or module.offset == 0 else torch.cat([prev, value], 1)
             )
 
-        handle = self.hook_points[site.name].register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+        return HookContext([(self.hook_points[site.name], hook)])
 
     # -- interventions ----------------------------------------------------------------
-    def edit(self, names: SiteArg, fn: EditFn, frames: Frames = None):
+    def apply(
+        self,
+        interventions: Intervention | Sequence[Intervention],
+        payloads: Mapping[str, torch.Tensor] | None = None,
+        *,
+        base_dir: str | Path | None = None,
+    ) -> HookContext:
+        """One context manager installing ``interventions`` in order (see
+        :mod:`whisperlens.interventions`).
+
+        Payload references are looked up in ``payloads`` or loaded from safetensors files
+        relative to ``base_dir``. Sites, positions and payloads (shape, finite values) are
+        validated here, before anything is installed.
+        """
+        items = [interventions] if isinstance(interventions, Intervention) else interventions
+        installs: list[tuple[HookPoint, _Hook]] = []
+        resolved: dict[str, torch.Tensor] = {}
+        for iv in items:
+            for site in self._editable_sites(iv.site):
+                check_frames(iv.frames, site.name, site.stack)
+                value = None
+                if iv.payload is not None:
+                    if iv.payload not in resolved:
+                        resolved[iv.payload] = resolve_payload(
+                            iv.payload, payloads, base_dir, site.name
+                        )
+                    value = resolved[iv.payload]
+                    self._check_payload(iv, value, site)
+                hook = _edit_hook(site, row_fn(iv, value), iv.frames)
+                installs.append((self.hook_points[site.name], hook))
+        return HookContext(installs)
+
+    def edit(self, names: SiteArg, fn: EditFn, frames: Frames = None) -> HookContext:
         """Generic intervention: replace the activation rows at ``frames`` by ``fn(rows, site)``.
 
         ``rows`` is [batch, n_sel, ...] for the selected positions present in this call
-        (during cached decoding, one step's rows). ``patch``, ``steer`` and ``ablate`` are
-        thin variants of this.
+        (during cached decoding, one step's rows). An arbitrary callable cannot be written
+        to a config: prefer :meth:`apply` with Interventions for anything a run records.
         """
-        return self._edit(names, lambda rows, site, _sel: fn(rows, site), frames)
+        spec = as_frames(frames)
+        installs: list[tuple[HookPoint, _Hook]] = []
+        for site in self._editable_sites(names):
+            check_frames(spec, site.name, site.stack)
+            hook = _edit_hook(site, lambda rows, site, _sel: fn(rows, site), spec)
+            installs.append((self.hook_points[site.name], hook))
+        return HookContext(installs)
 
-    @contextmanager
-    def _edit(self, names: SiteArg, fn: _RowFn, frames: Frames) -> Iterator[None]:
-        handles = []
-        try:
-            for site in self.sites(names):
-                if site.spec.pattern:
-                    raise ShapeError(f"{site} is read-only", "patch attn_out or a residual site")
-                point = self.hook_points[site.name]
-                handles.append(point.register_forward_hook(_edit_hook(site, fn, frames)))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
-    def patch(self, names: SiteArg, value: torch.Tensor | EditFn, frames: Frames = None):
+    def patch(
+        self, names: SiteArg, value: torch.Tensor | EditFn, frames: Frames = None
+    ) -> HookContext:
         """Set the activation at ``frames`` to ``value`` (or to ``value(rows, site)``).
 
         A tensor value may be [d], [n_sel, d] or [batch, n_sel, d] (n_sel = number of
@@ -185,17 +288,13 @@ class HookedWhisper:
         """
         if callable(value) and not isinstance(value, torch.Tensor):
             return self.edit(names, value, frames)
-        return self._edit(names, _setter(value), frames)
+        return self._apply_value("patch", names, value, frames)
 
     def steer(
         self, names: SiteArg, vector: torch.Tensor, strength: float = 1.0, frames: Frames = None
-    ):
+    ) -> HookContext:
         """Add ``strength * vector`` ([d] or [n_sel, d]) to the activation at ``frames``."""
-
-        def add(rows: torch.Tensor, site: Site, sel: _Selection) -> torch.Tensor:
-            return rows + strength * _fit(vector, rows, site, sel)
-
-        return self._edit(names, add, frames)
+        return self._apply_value("steer", names, vector, frames, strength=strength)
 
     def ablate(
         self,
@@ -203,69 +302,64 @@ class HookedWhisper:
         how: Literal["zero", "mean"] = "zero",
         frames: Frames = None,
         mean: torch.Tensor | None = None,
-    ):
+    ) -> HookContext:
         """Zero-ablate, or mean-ablate (replace by ``mean`` [d], default the rows' own mean)."""
-        if how not in ("zero", "mean"):
-            raise ValueError(f"ablation must be 'zero' or 'mean', got {how!r}")
+        return self._apply_value("ablate", names, mean, frames, ablation=how)
 
-        def ablate_rows(rows: torch.Tensor, site: Site, sel: _Selection) -> torch.Tensor:
-            if how == "zero":
-                return torch.zeros_like(rows)
-            m = rows.mean(dim=1, keepdim=True) if mean is None else _fit(mean, rows, site, sel)
-            return m.expand_as(rows).clone()
+    def clamp(
+        self, names: SiteArg, direction: torch.Tensor, value: float, frames: Frames = None
+    ) -> HookContext:
+        """Set the component along ``direction`` ([d] or [n_sel, d]; normalised) to ``value``."""
+        return self._apply_value("clamp", names, direction, frames, strength=value)
 
-        return self._edit(names, ablate_rows, frames)
+    def _apply_value(
+        self,
+        kind: Kind,
+        names: SiteArg,
+        value: torch.Tensor | None,
+        frames: Frames,
+        **options: Any,
+    ) -> HookContext:
+        spec = as_frames(frames)
+        key = None if value is None else _VALUE_KEY
+        items = [names] if isinstance(names, str) else list(names)
+        ivs = [Intervention(kind, name, spec, key, **options) for name in items]
+        return self.apply(ivs, None if value is None else {_VALUE_KEY: value})
 
+    def _editable_sites(self, names: SiteArg) -> list[Site]:
+        sites = self.sites(names)
+        for site in sites:
+            if site.spec.pattern:
+                raise ShapeError(f"{site} is read-only", "patch attn_out or a residual site")
+        return sites
 
-def _setter(value: torch.Tensor) -> _RowFn:
-    def set_rows(rows: torch.Tensor, site: Site, sel: _Selection) -> torch.Tensor:
-        return _fit(value, rows, site, sel).expand_as(rows)
-
-    return set_rows
-
-
-class _Selection:
-    """Which selected positions the current rows are.
-
-    ``rows`` index the value's position axis; ``total`` is the number of selected
-    positions overall (None when not known in advance: all positions of a decoder run).
-    """
-
-    def __init__(self, rows: torch.Tensor, total: int | None):
-        self.rows = rows
-        self.total = total
-
-
-# internal form of an edit: (rows [batch, n, ...], site, selection) -> replacement rows
-_RowFn = Callable[[torch.Tensor, Site, _Selection], torch.Tensor]
-
-
-def _fit(value: torch.Tensor, rows: torch.Tensor, site: Site, sel: _Selection) -> torch.Tensor:
-    """Fit ``value`` ([d], [n_sel, d] or [batch, n_sel, d]) onto ``rows`` [batch, n, d]."""
-    v = value.to(device=rows.device, dtype=rows.dtype)
-    if v.ndim == 1 and v.shape[0] == rows.shape[-1]:
-        return v
-    fits = v.ndim in (2, 3) and v.shape[-1] == rows.shape[-1]
-    if fits:
-        n_value = v.shape[-2]
-        fits = n_value == sel.total if sel.total is not None else n_value > int(sel.rows.max())
-        fits = fits and (v.ndim == 2 or v.shape[0] in (1, rows.shape[0]))
-    if not fits:
-        n_sel = sel.total if sel.total is not None else "n_positions"
-        raise ShapeError(
-            f"value of shape {tuple(v.shape)} does not fit {site}: rows are {tuple(rows.shape)} "
-            f"and {n_sel} positions are selected",
-            f"pass a tensor of shape [d]=[{rows.shape[-1]}], [n_sel, d] or [batch, n_sel, d] "
-            f"with n_sel={n_sel}",
-        )
-    return v.index_select(-2, sel.rows)
+    def _check_payload(self, iv: Intervention, value: torch.Tensor, site: Site) -> None:
+        """Refuse payloads whose shape cannot fit ``site`` at ``iv.frames``."""
+        n_sel = n_selected(iv.frames, site)
+        shown = "n_positions" if n_sel is None else n_sel
+        max_ndim = 2 if iv.kind == "clamp" else 3
+        fits = 1 <= value.ndim <= max_ndim and value.shape[-1] == self.d_model
+        if fits and value.ndim >= 2 and n_sel is not None:
+            fits = value.shape[-2] == n_sel
+        if not fits:
+            batch = "" if iv.kind == "clamp" else " or [batch, n_sel, d]"
+            raise ShapeError(
+                f"{iv.kind} payload {iv.payload!r} of shape {tuple(value.shape)} does not fit "
+                f"{site}: rows are d={self.d_model} wide and {shown} positions are selected",
+                f"pass a tensor of shape [d]=[{self.d_model}], [n_sel, d]{batch} "
+                f"with n_sel={shown}",
+            )
+        if iv.kind == "clamp" and bool((value.norm(dim=-1) == 0).any()):
+            raise InterventionError(
+                f"clamp direction {iv.payload!r} for {site} has zero norm", "pass a non-zero one"
+            )
 
 
-def _edit_hook(site: Site, fn: _RowFn, frames: Frames):
+# -- positions --------------------------------------------------------------------------
+def _edit_hook(site: Site, fn: RowFn, frames: FrameSpec) -> _Hook:
     def hook(module: HookPoint, _args, output: torch.Tensor) -> torch.Tensor | None:
-        n, offset = output.shape[1], module.offset
-        local, sel = _select(frames, n, offset, output.device, site)
-        if local is not None and local.numel() == 0:
+        local, sel = select_rows(frames, output.shape[1], module.offset, output.device, site)
+        if sel.rows.numel() == 0:
             return None  # no selected position in this step
         rows = output if local is None else output[:, local]
         new_rows = fn(rows, site, sel)
@@ -284,37 +378,11 @@ def _edit_hook(site: Site, fn: _RowFn, frames: Frames):
     return hook
 
 
-def _select(frames: Frames, n: int, offset: int, device: torch.device, site: Site):
-    """Local rows of the current tensor (absolute positions offset..offset+n) to edit."""
-    if frames is None:
-        total = n if (site.stack == "encoder" or offset == 0) else None
-        return None, _Selection(torch.arange(offset, offset + n, device=device), total)
-    length = N_ENCODER_FRAMES if site.stack == "encoder" else offset + n
-    absolute = _as_index(frames, length, device)
-    too_far = site.stack == "encoder" and absolute.numel() and int(absolute.max()) >= length
-    if absolute.numel() and (int(absolute.min()) < 0 or too_far):
-        raise ShapeError(
-            f"positions {absolute.tolist()[:8]}... are out of range for {site}",
-            f"use positions 0..{length - 1}" if too_far else "use non-negative positions",
-        )
-    keep = (absolute >= offset) & (absolute < offset + n)
-    return absolute[keep] - offset, _Selection(keep.nonzero().squeeze(-1), int(absolute.numel()))
-
-
-def _as_index(frames: Frames, n: int, device: torch.device) -> torch.Tensor:
-    """Absolute positions selected by ``frames`` among ``n`` positions."""
-    if isinstance(frames, slice):
-        return torch.arange(n, device=device)[frames]
-    idx = torch.as_tensor(frames, device=device)
-    if idx.dtype == torch.bool:
-        return idx.nonzero().squeeze(-1)
-    return idx.long().reshape(-1)
-
-
-def _frame_index(frames: Frames) -> torch.Tensor | None:
-    if frames is None:
-        return None
-    return _as_index(frames, N_ENCODER_FRAMES, torch.device("cpu"))
+def _positions(frames: Span | tuple[int, ...], n: int) -> torch.Tensor:
+    """Absolute positions selected among ``n`` (cpu, long)."""
+    if isinstance(frames, Span):
+        return torch.arange(frames.start, n if frames.stop is None else frames.stop)
+    return torch.tensor(frames, dtype=torch.long)
 
 
 @contextmanager

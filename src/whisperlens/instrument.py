@@ -11,11 +11,15 @@ With no hook attached the outputs are bitwise identical to the original model
 
 from __future__ import annotations
 
+import inspect
 import types
 from typing import Any
 
 import torch
 from torch import nn
+from transformers.models.whisper.modeling_whisper import WhisperAttention
+
+from whisperlens.sites import POINTS, STACKS, Stack, resolve_sites, site_names
 
 INSTRUMENTED_FLAG = "_whisperlens_instrumented"
 
@@ -79,13 +83,10 @@ def _decoder_layer_forward(
     use_cache=True,
     **kwargs,
 ):
-    _set_offsets(self, _cache_offset(past_key_values, self.self_attn.layer_idx))
+    cache = _pop_cache(kwargs, past_key_values)
+    _set_offsets(self, _cache_offset(cache, self.self_attn.layer_idx))
     hidden_states = _self_attn_sublayer(
-        self,
-        hidden_states,
-        past_key_values=past_key_values,
-        attention_mask=attention_mask,
-        **kwargs,
+        self, hidden_states, attention_mask=attention_mask, **{_CACHE_KWARG: cache}, **kwargs
     )
     if encoder_hidden_states is not None:
         residual = hidden_states
@@ -94,7 +95,7 @@ def _decoder_layer_forward(
             hidden_states,
             key_value_states=encoder_hidden_states,
             attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
+            **{_CACHE_KWARG: cache},
             **kwargs,
         )
         if weights is not None:
@@ -102,6 +103,24 @@ def _decoder_layer_forward(
         hidden_states = self.hook_cross_attn_out(_dropout(self, hidden_states, self.dropout))
         hidden_states = self.hook_resid_mid_cross(residual + hidden_states)
     return self.hook_resid_post(_mlp_sublayer(self, hidden_states))
+
+
+# transformers >= 5.2x passes the KV cache as ``cache=`` (formerly ``past_key_values=``)
+_CACHE_KWARG = (
+    "cache"
+    if "cache" in inspect.signature(WhisperAttention.forward).parameters
+    else "past_key_values"
+)
+
+
+def _pop_cache(kwargs: dict[str, Any], past_key_values: Any = None) -> Any:
+    """The KV cache passed under either name (removed from ``kwargs``)."""
+    cache = kwargs.pop("cache", None)
+    legacy = kwargs.pop("past_key_values", None)
+    for candidate in (cache, past_key_values, legacy):
+        if candidate is not None:
+            return candidate
+    return None
 
 
 def _dropout(layer: nn.Module, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -122,71 +141,58 @@ def _set_offsets(layer: nn.Module, offset: int) -> None:
             module.offset = offset
 
 
-_ENCODER_POINTS = (
-    "hook_resid_pre",
-    "hook_attn_out",
-    "hook_resid_mid",
-    "hook_mlp_out",
-    "hook_resid_post",
-)
-_DECODER_POINTS = _ENCODER_POINTS + ("hook_cross_attn_out", "hook_resid_mid_cross")
-
-
 def instrument(model: nn.Module) -> dict[str, HookPoint]:
     """Add HookPoints to a ``WhisperForConditionalGeneration`` (idempotent).
 
-    Returns the mapping from canonical site name to its HookPoint.
+    Where each HookPoint goes comes from :data:`whisperlens.sites.POINTS` (``module``).
+    Returns the mapping from canonical site name to its HookPoint, in forward order.
     """
     inner: Any = model.model  # WhisperModel
     if not getattr(model, INSTRUMENTED_FLAG, False):
-        for stack_name in ("encoder", "decoder"):
+        for stack_name in STACKS:
             _instrument_stack(getattr(inner, stack_name), stack_name)
         setattr(model, INSTRUMENTED_FLAG, True)
     return _collect(inner)
 
 
-def _instrument_stack(stack: Any, stack_name: str) -> None:
-    decoder = stack_name == "decoder"
-    points = _DECODER_POINTS if decoder else _ENCODER_POINTS
-    forward = _decoder_layer_forward if decoder else _encoder_layer_forward
+def _instrument_stack(stack: Any, stack_name: Stack) -> None:
+    for spec in POINTS.values():
+        if stack_name in spec.stacks:
+            for owner in stack.layers if spec.per_block else [stack]:
+                parent, _, leaf = spec.module.rpartition(".")
+                owner.get_submodule(parent).add_module(leaf, HookPoint())
+    forward = _decoder_layer_forward if stack_name == "decoder" else _encoder_layer_forward
     for layer in stack.layers:
-        for point in points:
-            layer.add_module(point, HookPoint())
-        layer.self_attn.add_module("hook_pattern", HookPoint())
-        if decoder:
-            layer.encoder_attn.add_module("hook_pattern", HookPoint())
         layer.forward = types.MethodType(forward, layer)
-    stack.add_module("hook_embed", HookPoint())
-    stack.add_module("hook_ln_post", HookPoint())
     stack.layers[0].register_forward_pre_hook(_route_embed(stack), with_kwargs=True)
-    stack.layer_norm.register_forward_hook(lambda _m, _a, out: stack.hook_ln_post(out))
+    stack.layer_norm.register_forward_hook(_route_ln_post(stack))
 
 
 def _route_embed(stack: Any):
     def pre_hook(layer, args, kwargs):
+        hook = stack.hook_embed
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        hook.offset = _cache_offset(cache, 0)
         if args:
-            hook = stack.hook_embed
-            hook.offset = _cache_offset(kwargs.get("past_key_values"), 0)
             return (hook(args[0]), *args[1:]), kwargs
         kwargs = dict(kwargs)
-        kwargs["hidden_states"] = stack.hook_embed(kwargs["hidden_states"])
+        kwargs["hidden_states"] = hook(kwargs["hidden_states"])
         return args, kwargs
 
     return pre_hook
 
 
+def _route_ln_post(stack: Any):
+    def hook(_module, _args, output: torch.Tensor) -> torch.Tensor:
+        stack.hook_ln_post.offset = stack.hook_embed.offset  # same positions as the embeddings
+        return stack.hook_ln_post(output)
+
+    return hook
+
+
 def _collect(inner: Any) -> dict[str, HookPoint]:
-    out: dict[str, HookPoint] = {}
-    for stack_name in ("encoder", "decoder"):
-        stack = getattr(inner, stack_name)
-        out[f"{stack_name}.hook_embed"] = stack.hook_embed
-        for i, layer in enumerate(stack.layers):
-            prefix = f"{stack_name}.blocks.{i}."
-            for name, module in layer.named_modules():
-                if isinstance(module, HookPoint):
-                    point = name.replace("self_attn.", "attn.").replace(
-                        "encoder_attn.", "cross_attn."
-                    )
-                    out[prefix + point] = module
-        out[f"{stack_name}.hook_ln_post"] = stack.hook_ln_post
-    return out
+    n_layers, n_decoder_layers = len(inner.encoder.layers), len(inner.decoder.layers)
+    valid = site_names(n_layers, n_decoder_layers)
+    return {
+        site.name: inner.get_submodule(site.module_path) for site in resolve_sites(valid, valid)
+    }

@@ -1,11 +1,10 @@
-"""Scoring Whisper outputs: forced-choice log-probabilities of candidate transcripts,
-and word/character error rates on Whisper-normalised text.
+"""Scoring Whisper outputs: teacher-forced log-probabilities of candidate transcripts.
 
-Decoding itself (greedy transcription, prompts, language identification) lives in
-:mod:`whisperlens.decoding`; its public names are re-exported here.
+Decoding (greedy transcription, prompts, language identification) lives in
+:mod:`whisperlens.decoding`; normalisation and WER/CER in :mod:`whisperlens.metrics`.
 
-Candidate scoring (:func:`candidate_logprobs`) teacher-forces, for each candidate, the
-decoder sequence ::
+Candidate scoring (:func:`score_encoded` on an encoder output, :func:`candidate_logprobs`
+on audio) teacher-forces, for each candidate, the decoder sequence ::
 
     [<|startofprev|> " "+prompt]  <|startoftranscript|> [<|LANG|> <|TASK|>] <|notimestamps|>
     [" "+carrier]  " "+candidate  [<|endoftext|>]
@@ -29,62 +28,36 @@ writes *that word* in any of these forms. ``variants=None`` scores the text exac
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from functools import cache
-from importlib import resources
-from typing import Any
+from dataclasses import dataclass
 
-import jiwer
 import torch
-from transformers.models.whisper.english_normalizer import (
-    BasicTextNormalizer,
-    EnglishTextNormalizer,
-)
 
 from whisperlens.decoding import (
-    DecodeOptions,
     DecodingError,
-    Segment,
-    SpecialTokens,
+    Encoded,
     Task,
-    Transcript,
-    WhisperLike,
+    as_encoded,
     decoder_step,
     encode,
-    features_of,
-    language_code,
-    language_probs,
     prompt_ids,
+    resolve_languages,
     special_tokens,
-    transcribe,
 )
-from whisperlens.decoding import _language_logprobs as language_logprobs_from_encoder
-from whisperlens.features import AudioLike, AudioOrFeatures
+from whisperlens.features import AudioLike, AudioOrFeatures, WhisperLike, as_features
+from whisperlens.tokens import SpecialTokens, text_ids
 
 __all__ = [
-    "DecodeOptions",
-    "Segment",
-    "Transcript",
-    "transcribe",
-    "language_probs",
-    "candidate_logprobs",
-    "forced_choice",
     "ForcedChoiceResult",
+    "Variants",
+    "candidate_logprobs",
     "case_and_period",
+    "forced_choice",
+    "score_encoded",
     "scoring_prefix",
     "sequence_logprobs",
-    "normalize",
-    "word_present",
-    "wer",
-    "cer",
-    "ErrorCounts",
-    "ErrorRates",
 ]
 
-SPELLING_FILE = "whisper_english_spelling.json"  # in whisperlens/data, from openai-whisper (MIT)
 Variants = Callable[[str], list[str]]
 
 
@@ -99,11 +72,6 @@ def case_and_period(text: str) -> list[str]:
     return list(dict.fromkeys(s for c in cased for s in (c, c + ".")))
 
 
-def _text_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` with exactly one leading space (as Whisper emits a first word)."""
-    return list(tokenizer.encode(" " + text.strip(), add_special_tokens=False)) if text else []
-
-
 def scoring_prefix(
     model: WhisperLike,
     language: str | None,
@@ -114,8 +82,8 @@ def scoring_prefix(
     """Teacher-forced, unscored decoder ids before each candidate (see the module docstring)."""
     st = special_tokens(model)
     tok = model.processor.tokenizer
-    prev = [st.sot_prev, *_text_ids(tok, prompt)] if prompt else []
-    return prev + prompt_ids(st, language, task) + _text_ids(tok, carrier or "")
+    prev = [st.sot_prev, *text_ids(tok, prompt)] if prompt else []
+    return prev + prompt_ids(st, language, task) + text_ids(tok, carrier)
 
 
 def sequence_logprobs(
@@ -163,6 +131,44 @@ def _chunk_logprobs(
     return torch.where(real_SL, lp_SL, 0.0).sum(-1).float().cpu()
 
 
+def score_encoded(
+    model: WhisperLike,
+    encoded: Encoded,
+    candidates: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    language: str | None = None,
+    task: Task = "transcribe",
+    prompt: str | None = None,
+    carrier: str | None = None,
+    include_eot: bool = True,
+    variants: Variants | None = None,
+) -> torch.Tensor:
+    """Teacher-forced log-probability [batch, n_candidates] of each candidate transcript,
+    given encoder outputs (``whisperlens.decoding.encode``'s tensor [batch, 1500, d] or
+    [1500, d], or an ActivationCache holding ``encoder.hook_ln_post``).
+
+    ``candidates`` is one list of strings used for every clip, or one list per clip (all of
+    the same length). The decoder sequence scored is in the module docstring: optional
+    ``prompt`` (after ``<|startofprev|>``) and ``carrier`` text are forced but not scored;
+    the candidate's tokens and, with ``include_eot``, ``<|endoftext|>`` are summed.
+    ``language=None`` means English on ``.en`` models and, on multilingual models, each
+    clip's most probable language token (as ``decoding.decode`` does). With ``variants``
+    (e.g. :func:`case_and_period`) a candidate scores the logsumexp over its spellings.
+
+    A clip's candidates (and variants) share one prefix pass and run as one decoder batch.
+    """
+    st = special_tokens(model)
+    enc_BFD = as_encoded(model, encoded)
+    per_clip = _candidates_per_clip(candidates, enc_BFD.shape[0])
+    rows = []
+    for b, cands in enumerate(per_clip):
+        enc_1FD = enc_BFD[b : b + 1]
+        [lang] = resolve_languages(model, enc_1FD, language)
+        prefix = scoring_prefix(model, lang, task, prompt, carrier)
+        rows.append(_score_candidates(model, enc_1FD, prefix, cands, st, include_eot, variants))
+    return torch.stack(rows)
+
+
 def candidate_logprobs(
     model: WhisperLike,
     audio_or_features: AudioOrFeatures,
@@ -175,28 +181,24 @@ def candidate_logprobs(
     include_eot: bool = True,
     variants: Variants | None = None,
 ) -> torch.Tensor:
-    """Teacher-forced log-probability [n_clips, n_candidates] of each candidate transcript.
-
-    ``candidates`` is one list of strings used for every clip, or one list per clip (all of
-    the same length). The decoder sequence scored is in the module docstring: optional
-    ``prompt`` (after ``<|startofprev|>``) and ``carrier`` text are forced but not scored;
-    the candidate's tokens and, with ``include_eot``, ``<|endoftext|>`` are summed.
-    ``language=None`` means English on ``.en`` models and, on multilingual models, each
-    clip's most probable language token (as :func:`transcribe` does). With ``variants``
-    (e.g. :func:`case_and_period`) a candidate scores the logsumexp over its spellings.
-
-    The encoder runs once per clip; a clip's candidates (and variants) share one prefix
-    pass and run as one batch on the decoder.
-    """
-    st = special_tokens(model)
-    features_BMT = features_of(model, audio_or_features)
+    """:func:`score_encoded` of 16 kHz clips (one array, a list) or log-mel features:
+    [n_clips, n_candidates]. The encoder runs once per clip (options as score_encoded)."""
+    features_BMT = as_features(model, audio_or_features)
     per_clip = _candidates_per_clip(candidates, features_BMT.shape[0])
-    rows = []
-    for b, cands in enumerate(per_clip):
-        enc_1FD = encode(model, features_BMT[b : b + 1])
-        lang = _clip_language(model, enc_1FD, st, language)
-        prefix = scoring_prefix(model, lang, task, prompt, carrier)
-        rows.append(_score_candidates(model, enc_1FD, prefix, cands, st, include_eot, variants))
+    rows = [
+        score_encoded(
+            model,
+            encode(model, features_BMT[b : b + 1]),
+            [cands],
+            language=language,
+            task=task,
+            prompt=prompt,
+            carrier=carrier,
+            include_eot=include_eot,
+            variants=variants,
+        )[0]
+        for b, cands in enumerate(per_clip)
+    ]
     return torch.stack(rows)
 
 
@@ -216,15 +218,6 @@ def _candidates_per_clip(
     return per_clip  # type: ignore[return-value]
 
 
-def _clip_language(
-    model: WhisperLike, enc_1FD: torch.Tensor, st: SpecialTokens, language: str | None
-) -> str | None:
-    if language is not None or not st.multilingual:
-        return None if language is None else language_code(language)
-    best = int(language_logprobs_from_encoder(model, enc_1FD, st)[0].argmax())
-    return list(st.languages)[best]
-
-
 def _score_candidates(
     model: WhisperLike,
     enc_1FD: torch.Tensor,
@@ -239,7 +232,7 @@ def _score_candidates(
     seqs, owner = [], []
     for i, cand in enumerate(cands):
         for text in variants(cand) if variants else [cand]:
-            seqs.append(_text_ids(tok, text) + eot)
+            seqs.append(text_ids(tok, text) + eot)
             owner.append(i)
     lp_S = sequence_logprobs(model, enc_1FD, prefix, seqs)
     owner_S = torch.tensor(owner)
@@ -274,7 +267,7 @@ def forced_choice(
     include_eot: bool = True,
     variants: Variants | None = None,
 ) -> ForcedChoiceResult:
-    """Score one clip's ``candidates`` against ``target`` (options as :func:`candidate_logprobs`).
+    """Score one clip's ``candidates`` against ``target`` (options as :func:`score_encoded`).
 
     ``audio`` is one 16 kHz waveform [samples] or its features [n_mels, 3000].
     """
@@ -304,99 +297,3 @@ def forced_choice(
         margin=float(lp_C[target] - others_C.max()),
         p_target=float(lp_C.softmax(-1)[target]),
     )
-
-
-@cache
-def _english_normalizer() -> EnglishTextNormalizer:
-    spelling = resources.files("whisperlens").joinpath("data", SPELLING_FILE).read_text("utf-8")
-    return EnglishTextNormalizer(json.loads(spelling))
-
-
-@cache
-def _basic_normalizer() -> BasicTextNormalizer:
-    return BasicTextNormalizer()
-
-
-def normalize(text: str, language: str | None = "en") -> str:
-    """Text as Whisper's evaluations compare it.
-
-    English (``language="en"``): transformers' ``EnglishTextNormalizer`` with Whisper's
-    British->American spelling map (lowercase, no punctuation or fillers, numbers as digits,
-    contractions expanded). Any other language (or None): ``BasicTextNormalizer`` (lowercase,
-    symbols and bracketed text removed, diacritics kept). Whitespace is collapsed and stripped.
-    """
-    code = None if language is None else language_code(language)
-    normalizer = _english_normalizer() if code == "en" else _basic_normalizer()
-    return " ".join(normalizer(text).split())
-
-
-def word_present(word: str, text: str, language: str | None = "en") -> bool:
-    """Whether ``word`` (or a phrase) occurs as whole normalised word(s) in ``text``."""
-    needle, words = normalize(word, language).split(), normalize(text, language).split()
-    if not needle:
-        return False
-    n = len(needle)
-    return any(words[i : i + n] == needle for i in range(len(words) - n + 1))
-
-
-@dataclass(frozen=True)
-class ErrorCounts:
-    """Edit-distance counts of one hypothesis (or a corpus) against its reference."""
-
-    n_substitutions: int
-    n_deletions: int
-    n_insertions: int
-    n_ref: int  # reference words (WER) or characters (CER), after normalisation
-
-    @property
-    def n_errors(self) -> int:
-        return self.n_substitutions + self.n_deletions + self.n_insertions
-
-    @property
-    def rate(self) -> float:
-        """Errors / reference units; an empty reference gives 0 (no errors) or inf."""
-        if self.n_ref == 0:
-            return 0.0 if self.n_errors == 0 else math.inf
-        return self.n_errors / self.n_ref
-
-
-@dataclass(frozen=True)
-class ErrorRates:
-    """Corpus-level error rate (summed counts) and the per-utterance counts."""
-
-    rate: float  # sum of errors / sum of reference units
-    counts: ErrorCounts  # summed over utterances
-    per_utterance: tuple[ErrorCounts, ...]
-
-
-def wer(
-    refs: str | Sequence[str], hyps: str | Sequence[str], language: str | None = "en"
-) -> ErrorRates:
-    """Word error rate on :func:`normalize`-d text (jiwer word alignment)."""
-    return _error_rates(refs, hyps, language, jiwer.process_words)
-
-
-def cer(
-    refs: str | Sequence[str], hyps: str | Sequence[str], language: str | None = "en"
-) -> ErrorRates:
-    """Character error rate on :func:`normalize`-d text (spaces count as characters)."""
-    return _error_rates(refs, hyps, language, jiwer.process_characters)
-
-
-def _error_rates(
-    refs: str | Sequence[str],
-    hyps: str | Sequence[str],
-    language: str | None,
-    align: Callable[[str, str], Any],
-) -> ErrorRates:
-    refs_l = [refs] if isinstance(refs, str) else list(refs)
-    hyps_l = [hyps] if isinstance(hyps, str) else list(hyps)
-    if len(refs_l) != len(hyps_l):
-        raise ValueError(f"{len(refs_l)} references but {len(hyps_l)} hypotheses")
-    per = []
-    for ref, hyp in zip(refs_l, hyps_l, strict=True):
-        out = align(normalize(ref, language), normalize(hyp, language))
-        n_ref = out.hits + out.substitutions + out.deletions
-        per.append(ErrorCounts(out.substitutions, out.deletions, out.insertions, n_ref))
-    total = ErrorCounts(*(sum(getattr(c, f.name) for c in per) for f in fields(ErrorCounts)))
-    return ErrorRates(rate=total.rate, counts=total, per_utterance=tuple(per))

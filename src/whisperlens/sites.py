@@ -41,27 +41,41 @@ class PointSpec:
 
     stacks: tuple[Stack, ...]  # which stacks have it
     per_block: bool  # True: one per block (``blocks.{i}.``); False: one per stack
-    residual: bool  # a d_model-wide residual-stream vector (steerable by a d_model vector)
-    pattern: bool  # an attention pattern (read-only, computed with eager attention)
+    module: str  # where its HookPoint lives, inside the block (per_block) or the stack
     description: str
+    residual: bool = True  # a d_model-wide residual-stream vector (steerable by a d_model vector)
+    pattern: bool = False  # an attention pattern (read-only, computed with eager attention)
 
 
+_DEC: tuple[Stack, ...] = ("decoder",)
 POINTS: dict[str, PointSpec] = {
-    "hook_embed": PointSpec(STACKS, False, True, False, "input of block 0 (embeddings)"),
-    "hook_resid_pre": PointSpec(STACKS, True, True, False, "block input"),
-    "hook_attn_out": PointSpec(STACKS, True, True, False, "self-attention output"),
-    "hook_resid_mid": PointSpec(STACKS, True, True, False, "residual after self-attention"),
-    "hook_cross_attn_out": PointSpec(("decoder",), True, True, False, "cross-attention output"),
+    "hook_embed": PointSpec(STACKS, False, "hook_embed", "input of block 0 (embeddings)"),
+    "hook_resid_pre": PointSpec(STACKS, True, "hook_resid_pre", "block input"),
+    "hook_attn_out": PointSpec(STACKS, True, "hook_attn_out", "self-attention output"),
+    "hook_resid_mid": PointSpec(STACKS, True, "hook_resid_mid", "residual after self-attention"),
+    "hook_cross_attn_out": PointSpec(_DEC, True, "hook_cross_attn_out", "cross-attention output"),
     "hook_resid_mid_cross": PointSpec(
-        ("decoder",), True, True, False, "residual after cross-attention (MLP input)"
+        _DEC, True, "hook_resid_mid_cross", "residual after cross-attention (MLP input)"
     ),
-    "hook_mlp_out": PointSpec(STACKS, True, True, False, "MLP output"),
-    "hook_resid_post": PointSpec(STACKS, True, True, False, "block output"),
-    "attn.hook_pattern": PointSpec(STACKS, True, False, True, "self-attention probabilities"),
+    "hook_mlp_out": PointSpec(STACKS, True, "hook_mlp_out", "MLP output"),
+    "hook_resid_post": PointSpec(STACKS, True, "hook_resid_post", "block output"),
+    "attn.hook_pattern": PointSpec(
+        STACKS,
+        True,
+        "self_attn.hook_pattern",
+        "self-attention probabilities",
+        residual=False,
+        pattern=True,
+    ),
     "cross_attn.hook_pattern": PointSpec(
-        ("decoder",), True, False, True, "cross-attention probabilities"
+        _DEC,
+        True,
+        "encoder_attn.hook_pattern",
+        "cross-attention probabilities",
+        residual=False,
+        pattern=True,
     ),
-    "hook_ln_post": PointSpec(STACKS, False, True, False, "after the final LayerNorm"),
+    "hook_ln_post": PointSpec(STACKS, False, "hook_ln_post", "after the final LayerNorm"),
 }
 
 _NAME_RE = re.compile(r"^(encoder|decoder)\.(?:blocks\.(\d+)\.)?(.+)$")
@@ -92,6 +106,12 @@ class Site:
     @property
     def spec(self) -> PointSpec:
         return POINTS[self.point]
+
+    @property
+    def module_path(self) -> str:
+        """Path of this site's HookPoint inside transformers' ``WhisperModel``."""
+        block = f"layers.{self.layer}." if self.layer is not None else ""
+        return f"{self.stack}.{block}{self.spec.module}"
 
     def __str__(self) -> str:
         return self.name

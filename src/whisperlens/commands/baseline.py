@@ -6,17 +6,23 @@
         --carrier es_la_palabra --out runs/es-base
 
 Writes ``config.json``, ``rows.jsonl`` (one row per word; a rerun with the same options
-resumes) and ``summary.json`` into ``--out``; prints the headline numbers.
+resumes), ``summary.json`` and ``report.html`` into ``--out``; prints the headline numbers.
+Clips run in parallel worker processes (``--workers``), or on Ray (``--executor ray:ADDR``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from whisperlens.baseline import (
+from whisperlens.executors import add_executor_arguments, executor_from_args
+from whisperlens.stimuli.carriers import CARRIERS, RATES
+from whisperlens.stimuli.tts import ENGINES
+from whisperlens.stimuli.wordlists import list_wordlists
+from whisperlens.studies.baseline import (
     DEFAULT_CARRIER,
     DEFAULT_ENGINE,
     DEFAULT_RATE,
@@ -24,9 +30,6 @@ from whisperlens.baseline import (
     Sides,
     run_baseline,
 )
-from whisperlens.stimuli.carriers import CARRIERS, RATES
-from whisperlens.stimuli.tts import ENGINES
-from whisperlens.stimuli.wordlists import list_wordlists
 
 
 def add_parser(subparsers: Any) -> None:
@@ -52,7 +55,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --n-pairs subset")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true", help="discard a different run")
+    parser.add_argument("--json", action="store_true", help="print summary.json on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -76,7 +81,12 @@ def config_from_args(args: argparse.Namespace) -> BaselineConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    summary = run_baseline(config, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = run_baseline(
+        config,
+        executor=executor_from_args(args),
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     overall = summary["overall"]
     fc, greedy = overall["forced_choice"], overall["greedy"]
     lo, hi = fc["ci95"]
@@ -86,4 +96,6 @@ def run(args: argparse.Namespace) -> int:
         f"mean margin {fc['mean_margin']:.2f} -> {config.out}",
         file=sys.stderr,
     )
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
     return 0

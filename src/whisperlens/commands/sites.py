@@ -1,4 +1,8 @@
-"""``whisperlens sites [--model M] [--stack encoder|decoder]``: list the hook-site names."""
+"""``whisperlens sites [--model M] [--stack encoder|decoder]``: list the hook-site names.
+
+Depths come from the model registry or the model's config.json; weights are loaded only for
+sources that record them nowhere else (CTranslate2 directories, openai-whisper .pt files).
+"""
 
 from __future__ import annotations
 
@@ -20,10 +24,15 @@ def run(args: argparse.Namespace) -> int:
         for point, spec in POINTS.items():
             print(f"{point:<26} {'/'.join(spec.stacks):<16} {spec.description}")
         return 0
-    from whisperlens.models.whisper import load_whisper
+    from whisperlens.models.registry import layer_counts
 
-    loaded = load_whisper(args.model)
+    counts = layer_counts(args.model)
+    if counts is None:
+        from whisperlens.models.whisper import load_whisper
+
+        loaded = load_whisper(args.model)
+        counts = loaded.n_layers, loaded.n_decoder_layers
     stacks = STACKS if args.stack is None else (args.stack,)
-    for name in site_names(loaded.n_layers, loaded.n_decoder_layers, stacks=stacks):
+    for name in site_names(*counts, stacks=stacks):
         print(name)
     return 0

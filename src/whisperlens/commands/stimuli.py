@@ -3,6 +3,9 @@
     whisperlens stimuli synth --text "cat" --engine espeak --carrier the_word_is \\
         --rate slow --out cat.wav --json
     whisperlens stimuli carriers [--language es]
+
+``--out`` may end in .wav (16 kHz PCM16), .flac, .ogg (Vorbis) or .mp3, as far as the
+installed libsndfile supports them; every output path is checked before synthesis.
 """
 
 from __future__ import annotations
@@ -13,10 +16,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from whisperlens._io import atomic_write_json
+import soundfile as sf
+
+from whisperlens._io import atomic_path, atomic_write_json, check_output_file
 from whisperlens.audio import save_wav
 from whisperlens.stimuli.carriers import CARRIERS, RATES, carrier_names, get_carrier, parse_rate
 from whisperlens.stimuli.tts import ENGINES, StimulusError, SynthesisRequest, synthesize_request
+
+# extension -> (libsndfile format, subtype); .wav goes through audio.save_wav (PCM16)
+AUDIO_FORMATS: dict[str, tuple[str, str]] = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,7 +47,12 @@ def add_parser(subparsers: Any) -> None:
     synth.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="engine parameter"
     )
-    synth.add_argument("--out", required=True, type=Path, help="output WAV (16 kHz PCM16)")
+    synth.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output audio: .wav (16 kHz PCM16), .flac, .ogg or .mp3",
+    )
     synth.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH",
         help="print the metadata JSON (or write it to PATH)",
@@ -79,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
             carrier = CARRIERS[name]
             print(f"{name:16s} {carrier.language:4s} {carrier.template}")
         return 0
+    check_audio_output(args.out)
+    if args.json and args.json != "-":
+        check_output_file(args.json)
     request, span = parse_request(args)
     stimulus = synthesize_request(request, use_cache=not args.no_cache)
-    save_wav(args.out, stimulus.audio, stimulus.sample_rate)
+    write_audio(args.out, stimulus.audio, stimulus.sample_rate)
     meta = {**stimulus.metadata(), "out": str(args.out)}
     if span is not None:
         meta["target"] = {"char_span": list(span), "time_span": stimulus.time_span(span)}
@@ -90,5 +111,33 @@ def run(args: argparse.Namespace) -> int:
         print()
     elif args.json:
         atomic_write_json(args.json, meta)
-    print(f"wrote {args.out} ({stimulus.duration_s:.2f} s, {stimulus.engine})", file=sys.stderr)
+    summary = f"wrote {args.out} ({stimulus.duration_s:.2f} s, {stimulus.engine})"
+    print(summary, file=sys.stderr if args.json == "-" else sys.stdout)
     return 0
+
+
+def supported_extensions() -> list[str]:
+    """Output extensions this libsndfile can write."""
+    formats = sf.available_formats()
+    return [ext for ext, (fmt, _) in AUDIO_FORMATS.items() if fmt in formats]
+
+
+def check_audio_output(path: Path) -> None:
+    """Refuse, before any work, an output the extension or location of which cannot be used."""
+    supported = supported_extensions()
+    if path.suffix.lower() not in supported:
+        raise StimulusError(
+            f"cannot write {path}: unsupported audio extension {path.suffix or '(none)'!r}",
+            f"use one of {', '.join(supported)}",
+        )
+    check_output_file(path)
+
+
+def write_audio(path: Path, audio: Any, sample_rate: int) -> None:
+    """Write ``audio`` atomically in the format of ``path``'s extension."""
+    fmt, subtype = AUDIO_FORMATS[path.suffix.lower()]
+    if fmt == "WAV":
+        save_wav(path, audio, sample_rate)
+        return
+    with atomic_path(path) as tmp:
+        sf.write(tmp, audio, sample_rate, format=fmt, subtype=subtype)

@@ -193,9 +193,12 @@ def _stimulus_item(
     carrier: str,
     rate: float,
 ) -> AudioItem:
+    from whisperlens.stimuli.carriers import resolve
     from whisperlens.stimuli.tts import synthesize
 
-    template, text, span = _render(carrier, word)
+    spec = resolve(carrier)
+    phrase = spec.render(word)
+    text, span, template = phrase.text, phrase.word_span, spec.template
     stim = synthesize(text, engine=engine, language=language, voice=voice, rate=rate)
     meta = {**word_meta, "word": word, "carrier": carrier, "template": template}
     meta |= {"word_span": list(span), "engine": engine, "voice": stim.voice, "rate": rate}
@@ -219,14 +222,3 @@ def _word_entries(word: Any, language: str) -> list[tuple[str, str, dict[str, An
         (word.a, word.language_a, {**base, "side": "a", "word_id": f"{word.id}.a"}),
         (word.b, word.language_b, {**base, "side": "b", "word_id": f"{word.id}.b"}),
     ]
-
-
-def _render(carrier: str, word: str) -> tuple[str, str, tuple[int, int]]:
-    """``(template, text, word span)`` for a carrier name or a ``{word}`` template."""
-    from whisperlens.stimuli import carriers
-
-    if carriers.SLOT not in carrier:
-        rendered = carriers.render(carrier, word)
-        return carriers.get_carrier(carrier).template, rendered.text, rendered.word_span
-    start = carrier.index(carriers.SLOT)
-    return carrier, carrier.replace(carriers.SLOT, word), (start, start + len(word))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,11 @@ from transformers import (
 )
 
 from whisperlens.errors import CorruptWeightsError
-from whisperlens.models.base import MULTILINGUAL_VOCAB_SIZE
 from whisperlens.models.ctranslate2 import ct2_dims, ct2_state_dict, read_model_bin
 from whisperlens.models.registry import CT2_TOKENIZER, SourceFiles, WhisperDims
+from whisperlens.tokens import SpecialTokens, TokenizerError, read_special_tokens
 
 __all__ = [
-    "SpecialTokens",
     "assemble_model",
     "assemble_whisper",
     "build_processor",
@@ -43,23 +41,6 @@ __all__ = [
     "special_tokens",
     "whisper_config",
 ]
-
-_SPECIALS = ("translate", "transcribe", "startoflm", "startofprev", "nocaptions", "notimestamps")
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Ids of Whisper's special tokens; they differ by one between .en and multilingual."""
-
-    eot: int  # <|endoftext|>: also bos, eos and pad
-    sot: int  # <|startoftranscript|>: decoder start
-    languages: tuple[tuple[str, int], ...]  # ("<|en|>", id), in vocabulary order
-    translate: int
-    transcribe: int
-    prev: int  # <|startofprev|>
-    no_timestamps: int  # <|notimestamps|>; timestamps start right after it
-    multilingual: bool  # decided by vocabulary size (>= 51865)
-
 
 # ---------------------------------------------------------------- tokenizer and configs
 
@@ -89,38 +70,21 @@ def build_tokenizer(tokenizer_json: Path, n_vocab: int) -> WhisperTokenizer:
     return tokenizer
 
 
-def _token_id(tokenizer: WhisperTokenizer, token: str) -> int:
-    found = tokenizer.convert_tokens_to_ids(token)
-    if not isinstance(found, int) or found == tokenizer.unk_token_id:
-        raise CorruptWeightsError(f"the tokenizer has no {token} token; it is not Whisper's")
-    return found
-
-
 def special_tokens(tokenizer: WhisperTokenizer, n_vocab: int) -> SpecialTokens:
     """Special ids read from the tokenizer, checked against the vocabulary-size rule."""
-    multilingual = n_vocab >= MULTILINGUAL_VOCAB_SIZE
-    ids = {name: _token_id(tokenizer, f"<|{name}|>") for name in _SPECIALS}
-    sot = _token_id(tokenizer, "<|startoftranscript|>")
-    contiguous = [ids[name] - ids["translate"] for name in _SPECIALS] == list(range(6))
-    if sot != (50258 if multilingual else 50257) or not contiguous:
+    try:
+        sp = read_special_tokens(tokenizer, n_vocab)
+    except TokenizerError as exc:
+        raise CorruptWeightsError(f"{exc.cause}; it is not Whisper's") from None
+    tasks = [sp.translate, sp.transcribe, sp.sot_lm, sp.sot_prev, sp.nocaptions, sp.notimestamps]
+    contiguous = [t - sp.translate for t in tasks] == list(range(6))
+    if sp.sot != (50258 if sp.multilingual else 50257) or not contiguous or sp.eot != sp.sot - 1:
         raise CorruptWeightsError(
-            f"<|startoftranscript|> has id {sot} and the task tokens {ids}, which do not fit "
-            f"a vocabulary of {n_vocab}",
+            f"<|startoftranscript|> has id {sp.sot} and the task tokens {tasks}, which do not "
+            f"fit a vocabulary of {n_vocab}",
             "the tokenizer does not belong to these weights",
         )
-    langs = tuple(
-        (str(tokenizer.convert_ids_to_tokens(i)), i) for i in range(sot + 1, ids["translate"])
-    )
-    return SpecialTokens(
-        eot=sot - 1,
-        sot=sot,
-        languages=langs,
-        translate=ids["translate"],
-        transcribe=ids["transcribe"],
-        prev=ids["startofprev"],
-        no_timestamps=ids["notimestamps"],
-        multilingual=multilingual,
-    )
+    return sp
 
 
 def whisper_config(dims: WhisperDims, sp: SpecialTokens) -> WhisperConfig:
@@ -155,7 +119,8 @@ def generation_config(dims: WhisperDims, sp: SpecialTokens, ct2_config: dict) ->
     ]
     extra: dict[str, Any] = {}
     if sp.multilingual:
-        extra["lang_to_id"] = dict(sp.languages)
+        # transformers keys languages by token, canonical code ("<|he|>" even for <|iw|>)
+        extra["lang_to_id"] = {f"<|{code}|>": i for code, i in sp.languages.items()}
         extra["task_to_id"] = {"transcribe": sp.transcribe, "translate": sp.translate}
     return GenerationConfig(
         bos_token_id=sp.eot,
@@ -166,8 +131,8 @@ def generation_config(dims: WhisperDims, sp: SpecialTokens, ct2_config: dict) ->
         suppress_tokens=list(ct2_config.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [220, sp.eot])),
         alignment_heads=[list(h) for h in heads],
-        no_timestamps_token_id=sp.no_timestamps,
-        prev_sot_token_id=sp.prev,
+        no_timestamps_token_id=sp.notimestamps,
+        prev_sot_token_id=sp.sot_prev,
         is_multilingual=sp.multilingual,
         max_initial_timestamp_index=50,
         return_timestamps=False,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from whisperlens.errors import ModelNotAvailableError
+from whisperlens.models import hub
 
 CT2_CONFIG = "config.json"
 CT2_TOKENIZER = "tokenizer.json"
@@ -182,6 +184,54 @@ def unknown_name_error(name: str) -> ModelNotAvailableError:
     )
 
 
+def layer_counts(name_or_path: str) -> tuple[int, int] | None:
+    """(encoder, decoder) block counts of a model, read without loading its weights.
+
+    Offline names and well-known hub ids come from this registry, a transformers directory
+    or another hub id from its ``config.json`` (hub: only when reachable or cached). None
+    when only the weights tell (a CTranslate2 directory, an openai-whisper ``.pt`` file).
+    """
+    known = {m.name: m.dims for m in OFFLINE_MODELS} | dict(HUB_MODELS)
+    if name_or_path in known:
+        dims = known[name_or_path]
+        return dims.n_audio_layer, dims.n_text_layer
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        config = path / "config.json"
+        if path.is_dir() and config.is_file() and not (path / CT2_MODEL).is_file():
+            return _config_layers(json.loads(config.read_text(encoding="utf-8")), str(config))
+        return None
+    if "/" not in name_or_path:
+        raise unknown_name_error(name_or_path)
+    return _config_layers(_hub_config(name_or_path), name_or_path)
+
+
+def _config_layers(config: dict[str, Any], where: str) -> tuple[int, int]:
+    try:
+        return int(config["encoder_layers"]), int(config["decoder_layers"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelNotAvailableError(
+            f"{where} is not a Whisper config (no encoder_layers / decoder_layers)",
+            "pass a Whisper model",
+        ) from None
+
+
+def _hub_config(repo_id: str) -> dict[str, Any]:
+    """A hub model's config.json: from the hub, or its local cache when offline."""
+    from huggingface_hub import hf_hub_download
+
+    offline = hub.hub_offline_reason()
+    try:
+        path = hf_hub_download(repo_id, "config.json", local_files_only=offline is not None)
+    except Exception as exc:  # huggingface_hub raises several types (offline, 404, bad id)
+        what = f"the hub is offline ({offline})" if offline else str(exc).splitlines()[0]
+        raise ModelNotAvailableError(
+            f"cannot read the config of hub model {repo_id!r}: {what}",
+            f"use an offline model ({', '.join(OFFLINE_NAMES)}) or a local path",
+        ) from None
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def available_models() -> list[dict[str, Any]]:
     """Offline models (installed or not) and well-known hub ids (usable offline if cached)."""
     rows = [
@@ -200,17 +250,10 @@ def available_models() -> list[dict[str, Any]]:
             {
                 "name": repo_id,
                 "kind": "hub",
-                "installed": _hub_cached(repo_id),
+                "installed": hub.cached_in_hub(repo_id),
                 "packages": [],
                 "dims": dims.as_dict(),
                 "description": "transformers hub model (downloads on first use)",
             }
         )
     return rows
-
-
-def _hub_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(repo_id, "config.json")
-    return isinstance(hit, str)

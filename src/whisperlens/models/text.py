@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from whisperlens._io import cache_dir, stable_hash
 from whisperlens.errors import ModelNotAvailableError
+from whisperlens.models import hub
 from whisperlens.models.dircache import sha256_file, verified_dir
 from whisperlens.models.residual import ResidualAccess, block_list, residual_width
 
@@ -93,8 +94,9 @@ def load_text_model(
 ) -> LoadedTextModel:
     """Load a causal LM by offline name, GGUF file, local directory or hub id.
 
-    ``local_files_only=None`` follows ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``; set it to
-    ``True`` to fail fast instead of retrying the network when a hub id is not cached.
+    ``local_files_only=None`` follows ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` and, unset,
+    a one-second probe of the hub (:mod:`whisperlens.models.hub`): offline, a hub id loads
+    from the local cache or fails at once. ``True`` forces the cache, ``False`` the network.
     """
     name = os.fspath(name_or_path)
     info: dict[str, Any] = {}
@@ -106,7 +108,7 @@ def load_text_model(
         source, model, tokenizer = _load_local(Path(name).expanduser(), dtype, info)
     else:
         source = "hub"
-        model, tokenizer = _load_hub(name, dtype, _offline(local_files_only))
+        model, tokenizer = _load_hub(name, dtype, _offline_reason(local_files_only))
     model = model.to(device=device, dtype=dtype).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -126,11 +128,11 @@ def _looks_like_path(name: str) -> bool:
     return name.endswith(PATH_SUFFIXES) or name.startswith(("/", "./", "../", "~", "\\"))
 
 
-def _offline(local_files_only: bool | None) -> bool:
+def _offline_reason(local_files_only: bool | None) -> str | None:
+    """Why the hub must not be used (explicit flag, environment, no network), or None."""
     if local_files_only is not None:
-        return local_files_only
-    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    return any((flag or "").strip().lower() in ("1", "true", "yes", "on") for flag in flags)
+        return "local_files_only=True" if local_files_only else None
+    return hub.hub_offline_reason()
 
 
 def _packaged_gguf_path(name: str) -> Path:
@@ -169,27 +171,43 @@ def _load_local(path: Path, dtype: torch.dtype, info: dict[str, Any]) -> tuple[s
     )
 
 
-def _load_hub(name: str, dtype: torch.dtype, offline: bool) -> tuple[Any, Any]:
+def _load_hub(name: str, dtype: torch.dtype, offline: str | None) -> tuple[Any, Any]:
+    """Load hub id ``name``; offline (``offline`` says why), only from the local cache."""
+    if offline is not None and not hub.cached_in_hub(name):
+        hint = _close_names(name)
+        raise ModelNotAvailableError(
+            f"text model {name!r} is not available (offline: it needs the Hugging Face hub, "
+            f"which cannot be used ({offline}), and it is not in the local cache)",
+            f"{hint}offline models: {', '.join(OFFLINE_MODELS)}; or pass a local transformers "
+            "directory or .gguf file (or download the model once with network access)",
+        )
+    local = offline is not None
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline)
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
     except (OSError, ValueError) as exc:
-        raise _not_available(name, offline, exc) from exc
+        raise _not_available(name, local, exc) from exc
     return model, tokenizer
 
 
 def _not_available(name: str, offline: bool, exc: Exception) -> ModelNotAvailableError:
     where = "offline and not in the Hugging Face cache" if offline else "on the hub or cache"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    candidates = [*OFFLINE_MODELS, *SUGGESTED_HUB_IDS]
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    close += [c for c in candidates if c.lower() == name.lower() and c not in close]
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     return ModelNotAvailableError(
         f"text model {name!r} is not available ({where}: {first_line})",
-        f"{hint}offline models: {', '.join(OFFLINE_MODELS)}; "
+        f"{_close_names(name)}offline models: {', '.join(OFFLINE_MODELS)}; "
         "or pass a local transformers directory or .gguf file",
     )
+
+
+def _close_names(name: str) -> str:
+    """``"did you mean 'x'? "`` for known names close to an unknown ``name``, else ``""``."""
+    candidates = [*OFFLINE_MODELS, *SUGGESTED_HUB_IDS]
+    if name in candidates:
+        return ""
+    close = [c for c in difflib.get_close_matches(name, candidates, n=3, cutoff=0.6) if c != name]
+    close += [c for c in candidates if c.lower() == name.lower() and c not in (*close, name)]
+    return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
 
 
 # ---------------------------------------------------------------- GGUF dequantization cache

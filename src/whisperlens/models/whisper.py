@@ -30,7 +30,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from whisperlens._io import cache_dir, sha256_files, stable_hash
 from whisperlens.errors import ModelNotAvailableError
-from whisperlens.models import dircache
+from whisperlens.models import dircache, hub
 from whisperlens.models.base import LoadedWhisper
 from whisperlens.models.convert import assemble_model, assemble_whisper, convert_ct2
 from whisperlens.models.dircache import MANIFEST
@@ -166,22 +166,29 @@ def _load_path(path: Path) -> tuple[str, tuple[Any, WhisperProcessor, dict[str, 
     )
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def _load_hub(repo_id: str) -> tuple[Any, WhisperProcessor, dict[str, Any]]:
+    """Load from the hub, or from its local cache when offline; fails fast when neither works."""
+    offline = hub.hub_offline_reason()
+    if offline is not None and not hub.cached_in_hub(repo_id):
+        raise _hub_error(repo_id, f"needs the Hugging Face hub, which is offline ({offline}), "
+                         "and it is not in the local cache")  # fmt: skip
     try:
-        model, processor = _from_transformers(repo_id, local_files_only=_hub_offline())
+        model, processor = _from_transformers(repo_id, local_files_only=offline is not None)
     except OSError as exc:
-        installed = [m.name for m in OFFLINE_MODELS if is_installed(m)]
-        raise ModelNotAvailableError(
-            f"hub model {repo_id!r} could not be loaded (offline, not cached, or no such repo: "
-            f"{str(exc).splitlines()[0]})",
-            f"use an offline model ({', '.join(OFFLINE_NAMES)}; installed: "
-            f"{', '.join(installed) or 'none'}) or pass a local path to a downloaded model",
+        raise _hub_error(
+            repo_id,
+            f"could not be loaded (not cached, or no such repo: {str(exc).splitlines()[0]})",
         ) from exc
     return model, processor, {}
+
+
+def _hub_error(repo_id: str, what: str) -> ModelNotAvailableError:
+    installed = [m.name for m in OFFLINE_MODELS if is_installed(m)]
+    return ModelNotAvailableError(
+        f"hub model {repo_id!r} {what}",
+        f"use an offline model ({', '.join(OFFLINE_NAMES)}; installed: "
+        f"{', '.join(installed) or 'none'}) or pass a local path to a downloaded model",
+    )
 
 
 def _looks_like_hub_id(name: str) -> bool:

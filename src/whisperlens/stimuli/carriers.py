@@ -81,6 +81,47 @@ def get_carrier(name: str) -> Carrier:
         raise ValueError(f"unknown carrier {name!r}; known carriers: {known}") from None
 
 
+# Carriers that say the same thing in different languages: a word whose language differs from
+# the chosen carrier's gets the counterpart in its own language.
+CARRIER_COUNTERPARTS: tuple[dict[str, str], ...] = (
+    {"en": "the_word_is", "es": "es_la_palabra"},
+    {"en": "say_again", "es": "es_diga"},
+)
+
+
+def resolve(carrier: str) -> Carrier:
+    """A carrier by name, or an ad-hoc one from a template with one ``{word}`` slot."""
+    if SLOT in carrier:
+        return Carrier(carrier, carrier, "any")
+    return get_carrier(carrier)
+
+
+def carrier_for(name: str, language: str) -> Carrier:
+    """Carrier ``name`` if it suits ``language``, else its counterpart in that language."""
+    carrier = get_carrier(name)
+    if carrier.language in ("any", language):
+        return carrier
+    for group in CARRIER_COUNTERPARTS:
+        if group.get(carrier.language) == name and language in group:
+            return CARRIERS[group[language]]
+    options = ", ".join(g[carrier.language] for g in CARRIER_COUNTERPARTS if carrier.language in g)
+    raise ValueError(
+        f"carrier {name!r} is {carrier.language!r} and has no {language!r} counterpart; "
+        f"use a carrier with one ({options}) or 'bare'"
+    )
+
+
+def carrier_split(carrier: Carrier, word: str) -> tuple[str, str]:
+    """(forced prefix text, scored candidate text) for ``word`` in ``carrier``.
+
+    "The word is {word}." -> ("The word is", "cat."); "Say {word} again." -> ("Say",
+    "cat again."); "{word}" -> ("", "cat"). Scoring forces the prefix on the decoder and
+    scores the rest (see :func:`whisperlens.scoring.candidate_logprobs`).
+    """
+    before, after = carrier.template.split(SLOT)
+    return before.strip(), f"{word.strip()}{after}".strip()
+
+
 def carrier_names(language: str | None = None) -> list[str]:
     """Carrier names, optionally only those usable for ``language`` (plus language-free)."""
     base = None if language is None else language.split("-")[0].lower()

@@ -68,9 +68,15 @@ def find_voice(name: str) -> Path:
         candidate = data / f"{name}.onnx"
         if candidate.is_file():
             return Path(str(candidate))
+    own_file = "or pass voice=<path to a .onnx voice with its .onnx.json>"
+    if not available:
+        raise ModelNotAvailableError(
+            f"piper voice {name!r} is not installed, and no piper voice is",
+            f"{_INSTALL_HINT}, {own_file}",
+        )
     raise ModelNotAvailableError(
-        f"piper voice {name!r} is not installed (installed voices: {available or 'none'})",
-        f"{_INSTALL_HINT}, or pass voice=<path to a .onnx voice with its .onnx.json>",
+        f"piper voice {name!r} is not installed",
+        f"installed voices: {', '.join(sorted(available))}; use one of them, {own_file}",
     )
 
 

@@ -14,14 +14,18 @@ Two engines implement :class:`TTSEngine`:
 :func:`synthesize` is the one entry point. A request is keyed by
 ``stable_hash(engine, engine version, voice, text, language, rate, params)``; the result
 is stored under ``cache_dir("stimuli", engine)`` as ``<key>.wav`` (float32, 16 kHz) and
-``<key>.json`` (metadata and timings), both written atomically, and reused on the next
-identical request. The same request gives byte-identical audio, cached or not.
+``<key>.json`` (metadata, timings, and the WAV's sample count and SHA-256), both written
+atomically, and reused on the next identical request only when the WAV still matches its
+sidecar; a damaged or older-format entry is re-synthesized with a one-line note on the
+``whisperlens`` logger. The same request gives byte-identical audio, cached or not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +51,8 @@ ENGINES: dict[str, str] = {
 MAX_TEXT_CHARS = 1000
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$", re.IGNORECASE)
 WAV_SUFFIX, META_SUFFIX = ".wav", ".json"
+CACHE_FORMAT = 2  # 2: sidecars record n_samples and sha256; older entries are redone
+log = logging.getLogger(__name__)
 
 
 class StimulusError(WhisperlensError, ValueError):
@@ -298,22 +304,38 @@ def cache_paths(engine: str, key: str) -> tuple[Path, Path]:
 
 
 def _store(stimulus: Stimulus) -> None:
-    """WAV first, sidecar last: a sidecar on disk means the entry is complete."""
+    """WAV first, sidecar last: a sidecar on disk means the entry is complete.
+
+    The sidecar records the WAV's sample count and SHA-256, checked on every cache read.
+    """
     wav_path, meta_path = cache_paths(stimulus.engine, stimulus.key)
     save_wav(wav_path, stimulus.audio, stimulus.sample_rate, subtype="FLOAT")
-    atomic_write_json(meta_path, stimulus.metadata())
+    meta = stimulus.metadata()
+    meta.update(
+        cache_format=CACHE_FORMAT,
+        n_samples=len(stimulus.audio),
+        sha256=hashlib.sha256(wav_path.read_bytes()).hexdigest(),
+    )
+    atomic_write_json(meta_path, meta)
 
 
 def _load_cached(engine: str, key: str) -> Stimulus | None:
+    """The cached entry ``key``, or None when absent or damaged (damage is logged)."""
     wav_path, meta_path = cache_paths(engine, key)
     if not (meta_path.exists() and wav_path.exists()):
         return None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        audio, sr = sf.read(wav_path, dtype="float32")
-    except (OSError, ValueError, sf.LibsndfileError):
-        return None  # a damaged entry is re-synthesized and overwritten
-    if meta.get("key") != key or sr != SAMPLE_RATE or audio.ndim != 1:
+        data = wav_path.read_bytes()
+        problem = _entry_problem(meta, key, data)
+        if problem is None:
+            audio, sr = sf.read(wav_path, dtype="float32")
+            if sr != SAMPLE_RATE or audio.ndim != 1 or len(audio) != meta["n_samples"]:
+                problem = "its WAV does not match its sidecar"
+    except (OSError, ValueError, KeyError, TypeError, sf.LibsndfileError) as exc:
+        problem = f"it is unreadable ({type(exc).__name__})"
+    if problem is not None:
+        log.warning("stimulus cache entry %s: %s; re-synthesizing", wav_path, problem)
         return None
     fields = {k: meta[k] for k in _META_FIELDS}
     spans = meta.get("word_char_spans")
@@ -325,6 +347,15 @@ def _load_cached(engine: str, key: str) -> Stimulus | None:
         word_char_spans=None if spans is None else [(int(a), int(b)) for a, b in spans],
         **fields,
     )
+
+
+def _entry_problem(meta: dict[str, Any], key: str, data: bytes) -> str | None:
+    """Why a cache entry cannot be used, or None if its sidecar vouches for ``data``."""
+    if meta.get("cache_format") != CACHE_FORMAT or meta.get("key") != key:
+        return f"it predates cache format {CACHE_FORMAT}"
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        return "its WAV is damaged (SHA-256 differs from the sidecar)"
+    return None
 
 
 def _segments_json(segments: list[Segment] | None) -> list[list[Any]] | None:

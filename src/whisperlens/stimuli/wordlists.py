@@ -110,6 +110,17 @@ def load_pairs(name_or_path: str | Path) -> list[WordPair]:
     )
 
 
+def wordlist_files(name_or_path: str | Path) -> list[Path]:
+    """The files a list is read from (a run's identity hashes their content)."""
+    key = str(name_or_path)
+    if key in WORDLIST_FILES:
+        return [DATA_DIR / WORDLIST_FILES[key].file]
+    if key in WORDLIST_GROUPS:
+        return [DATA_DIR / WORDLIST_FILES[part].file for part in WORDLIST_GROUPS[key]]
+    load_pairs(name_or_path)  # the same errors as loading it
+    return [Path(name_or_path)]
+
+
 def _load_shipped(spec: WordlistSpec) -> list[WordPair]:
     rows = _read_jsonl(DATA_DIR / spec.file)
     return [_shipped_pair(row, spec) for row in rows]
