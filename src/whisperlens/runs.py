@@ -90,6 +90,7 @@ class RunDir:
         self.key = key  # the row field that names a work unit
         self._lock = lock
         self._rows_file: TextIO | None = None
+        self._created = False  # whether open() made the directory (removed if never started)
         self.done: dict[str, dict[str, Any]] = {}  # key -> row, in file order
         for row in read_rows(path / ROWS_FILE, key):
             self.done[str(row[key])] = row
@@ -127,14 +128,18 @@ class RunDir:
                 "inputs": input_hashes(inputs or {}),
             }
         )
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         lock = _acquire_lock(path)
         try:
             _check_identity(path, identity, study, overwrite, (*_OWN_FILES, *artifacts))
-            return cls(path, identity, key, lock)
+            run = cls(path, identity, key, lock)
         except BaseException:
             lock.close()
+            _tidy(path, created)
             raise
+        run._created = created
+        return run
 
     def __enter__(self) -> RunDir:
         return self
@@ -143,10 +148,12 @@ class RunDir:
         self.close()
 
     def close(self) -> None:
+        """Release the run; a run that never started leaves nothing behind."""
         if self._rows_file is not None:
             self._rows_file.close()
             self._rows_file = None
         self._lock.close()  # releases the flock
+        _tidy(self.path, self._created)
 
     # -- writing -----------------------------------------------------------------------
     def file(self, name: str) -> Path:
@@ -217,6 +224,15 @@ def _acquire_lock(path: Path) -> TextIO:
             "wait for it to finish, or pass another --out directory",
         ) from None
     return lock
+
+
+def _tidy(path: Path, created: bool) -> None:
+    """Remove the lock of a run that never started, and the directory if open() made it."""
+    if (path / CONFIG_FILE).exists():
+        return
+    (path / LOCK_FILE).unlink(missing_ok=True)
+    if created and not any(path.iterdir()):
+        path.rmdir()
 
 
 def _check_identity(
