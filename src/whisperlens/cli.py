@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "baseline",
     "evaluate",
     "demo",
+    "patch",
 )
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 INTERRUPTED = "whisperlens: interrupted; re-run the same command to resume"

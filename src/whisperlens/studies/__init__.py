@@ -8,4 +8,5 @@ does to the model as data (:mod:`whisperlens.interventions`), renders with
 - ``baseline``: how well Whisper hears the synthetic stimuli (greedy and forced choice)
 - ``evaluate``: word error rate on an audio dataset
 - ``demo``: a short tour on the offline models
+- ``patching``: activation patching (seed 001), experiments A and B in five modes
 """
