@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "evaluate",
     "demo",
     "patch",
+    "steer",
 )
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 INTERRUPTED = "whisperlens: interrupted; re-run the same command to resume"

@@ -9,4 +9,5 @@ does to the model as data (:mod:`whisperlens.interventions`), renders with
 - ``evaluate``: word error rate on an audio dataset
 - ``demo``: a short tour on the offline models
 - ``patching``: activation patching (seed 001), experiments A and B in five modes
+- ``steering``: cross-modal steering (seed 000), text-model concept vectors in Whisper
 """
