@@ -41,6 +41,7 @@ Before the argmax these logit filters apply, in this order (the log-probabilitie
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -337,27 +338,46 @@ def greedy_decode(
     tokens including <|endoftext|> when it was reached. A row that stopped at the limit
     before <|endoftext|> holds exactly ``token_limit(...)`` ids.
     """
-    st = special_tokens(model)
     if len({len(p) for p in prompts}) != 1:
         raise DecodingError("greedy_decode needs prompts of one length")
     limit = token_limit(model, len(prompts[0]), max_new_tokens)
+    logits_BTV, cache = decoder_step(model, enc_BFD, torch.tensor(prompts, dtype=torch.long))
+    return greedy_continue(model, enc_BFD, logits_BTV[:, -1], cache, limit, timestamps)
+
+
+def greedy_continue(
+    model: WhisperLike,
+    enc_BFD: torch.Tensor,
+    first_BV: torch.Tensor,
+    cache: Any,
+    limit: int,
+    timestamps: bool = False,
+    tie: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[tuple[list[int], float]]:
+    """The greedy loop of :func:`greedy_decode`, from the prompt's last logits ``first_BV``
+    [batch, vocab] and its key/value ``cache`` (extended in place), for at most ``limit``
+    tokens. ``tie`` may rewrite each step's chosen ids [batch] (e.g. make rows decode the
+    same tokens); the log-probs summed are those of the ids actually fed back.
+    """
+    st = special_tokens(model)
     mask_V = suppress_mask(model, st, timestamps).to(enc_BFD.device)
     begin = begin_suppress_ids(model, st)
-    n_batch = len(prompts)
+    n_batch = first_BV.shape[0]
     generated: list[list[int]] = [[] for _ in range(n_batch)]
     sum_lp_B = torch.zeros(n_batch, dtype=torch.float64)
     done_B = torch.zeros(n_batch, dtype=torch.bool)
-    logits_BTV, cache = decoder_step(model, enc_BFD, torch.tensor(prompts, dtype=torch.long))
+    last_BV = first_BV
     for step in range(limit):
-        logits_BV = logits_BTV[:, -1].float().masked_fill(mask_V, NEG_INF)
+        logits_BV = last_BV.float().masked_fill(mask_V, NEG_INF)
         if step == 0:
             logits_BV[:, begin] = NEG_INF
         if timestamps:
             for row, tokens in enumerate(generated):
                 apply_timestamp_rules(logits_BV[row], tokens, st)
-        next_B = logits_BV.argmax(-1).cpu()
+        next_B = torch.where(done_B, st.eot, logits_BV.argmax(-1).cpu())
+        if tie is not None:
+            next_B = tie(next_B)
         lp_B = logits_BV.log_softmax(-1).gather(-1, next_B[:, None].to(logits_BV.device))[:, 0]
-        next_B = torch.where(done_B, st.eot, next_B)
         sum_lp_B += torch.where(done_B, 0.0, lp_B.double().cpu())
         for row in torch.nonzero(~done_B & (next_B != st.eot)).flatten().tolist():
             generated[row].append(int(next_B[row]))
@@ -365,6 +385,7 @@ def greedy_decode(
         if bool(done_B.all()) or step == limit - 1:
             break
         logits_BTV, cache = decoder_step(model, enc_BFD, next_B[:, None], cache)
+        last_BV = logits_BTV[:, -1]
     return list(zip(generated, sum_lp_B.tolist(), strict=True))
 
 

@@ -26,11 +26,9 @@ from typing import Any
 import torch
 
 from whisperlens.decoding import (
-    NEG_INF,
-    begin_suppress_ids,
     decoder_step,
+    greedy_continue,
     special_tokens,
-    suppress_mask,
     token_limit,
 )
 from whisperlens.features import AudioOrFeatures
@@ -251,29 +249,20 @@ def _greedy(
     max_new_tokens: int,
     follow: bool = False,
 ) -> tuple[list[list[int]], list[bool]]:
-    """Greedy ids after the prompt (as :func:`whisperlens.decoding.greedy_decode`); the cache
+    """Greedy ids after the prompt (:func:`whisperlens.decoding.greedy_continue`); the cache
     is cropped back to the prompt afterwards. ``follow``: odd rows copy the even rows' ids."""
-    st = special_tokens(model)
     limit = token_limit(model, n_prompt, max_new_tokens)
-    mask_V = suppress_mask(model, st, False).to(first_BV.device)
-    n_cells = first_BV.shape[0]
-    generated: list[list[int]] = [[] for _ in range(n_cells)]
-    done_B = torch.zeros(n_cells, dtype=torch.bool)
-    logits_BV = first_BV.masked_fill(mask_V, NEG_INF)
-    logits_BV[:, begin_suppress_ids(model, st)] = NEG_INF
-    for step in range(limit):
-        next_B = torch.where(done_B, st.eot, logits_BV.argmax(-1).cpu())
-        if follow:
-            next_B[1::2] = next_B[0::2]
-        for row in torch.nonzero(~done_B & (next_B != st.eot)).flatten().tolist():
-            generated[row].append(int(next_B[row]))
-        done_B |= next_B == st.eot
-        if bool(done_B.all()) or step == limit - 1:
-            break
-        logits_BTV, cache = decoder_step(model, enc_BFD, next_B[:, None], cache)
-        logits_BV = logits_BTV[:, -1].float().masked_fill(mask_V, NEG_INF)
+    decoded = greedy_continue(model, enc_BFD, first_BV, cache, limit,
+                              tie=_follow_even_rows if follow else None)  # fmt: skip
     _crop(cache, n_prompt)
-    return generated, [len(g) == limit for g in generated]
+    return [ids for ids, _ in decoded], [len(ids) == limit for ids, _ in decoded]
+
+
+def _follow_even_rows(next_B: torch.Tensor) -> torch.Tensor:
+    """Each odd row takes the token its even neighbour chose (source decodes target's)."""
+    out = next_B.clone()
+    out[1::2] = next_B[0::2]
+    return out
 
 
 def _candidate_logprobs(
