@@ -32,28 +32,10 @@ from whisperlens.studies.steering.study import (
     steer_clip,
     variants,
 )
+from whisperlens.studies.steering.textscore import NullScorer
 
 SWEEP_CLIPS, SWEEP_MAPPINGS, SWEEP_STRENGTHS = 10, 5, 21
 ENCODER_GFLOP_TINY = 36.0  # 4 blocks x (projections + MLP + attention) at 1500 frames
-
-
-class _Run:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-
-class _NullScorer:
-    def similarity(self, a: str, b: str) -> float:
-        return float(a == b)
-
-    def projection(self, text: str) -> float:
-        return 0.0
-
-    def lexicon(self, text: str) -> float:
-        return 0.0
 
 
 def main() -> None:
@@ -79,10 +61,10 @@ def main() -> None:
             config = SteerConfig("anger_calm", out / "_".join(layouts), reducers=reducers,
                                  layouts=layouts, strengths=strengths, n_random=args.n_random,
                                  batch_size=args.batch_size)  # fmt: skip
-            build_vectors(config, _Run(config.out), caa, int(model.d_model))  # type: ignore[arg-type]
+            build_vectors(config, config.out, caa, int(model.d_model))  # type: ignore[arg-type]
             start = time.perf_counter()
             for i, text in enumerate(texts):
-                steer_clip(model, _NullScorer(), config, config.out, Clip(i, text))  # type: ignore[arg-type]
+                steer_clip(model, NullScorer(), config, config.out, Clip(i, text))  # type: ignore[arg-type]
             elapsed += time.perf_counter() - start
             n_outputs += len(variants(config)) * len(texts)
     per = elapsed / n_outputs

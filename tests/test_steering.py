@@ -20,6 +20,7 @@ from whisperlens.studies.steering.concepts import (
 )
 from whisperlens.studies.steering.summary import answer
 from whisperlens.studies.steering.textscore import (
+    NullScorer,
     compression_ratio,
     incoherent,
     repeat_fraction,
@@ -175,25 +176,6 @@ def test_cli_parses_into_the_config(tmp_path: Path) -> None:
 
 
 # --- tiny.en: the two equalities ---------------------------------------------------------
-class _FakeRun:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-
-class _FakeScorer:
-    """Stands in for the text-model scorer (the equalities concern transcripts only)."""
-
-    def similarity(self, a: str, b: str) -> float:
-        return float(a == b)
-
-    def projection(self, text: str) -> float:
-        return 0.0
-
-    def lexicon(self, text: str) -> float:
-        return 0.0
 
 
 def _seed_hook(vector: torch.Tensor, strength: float):
@@ -224,9 +206,9 @@ def test_rows_equal_unsteered_at_zero_and_the_seeds_forward_hook(tmp_path: Path)
                          n_random=1, blocks=(0, 2))  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     diffs = torch.randn(400, 64, generator=gen) + torch.randn(64, generator=gen)
-    build_vectors(config, _FakeRun(tmp_path), {"differences": diffs, "mean": diffs.mean(0)}, 384)
+    build_vectors(config, tmp_path, {"differences": diffs, "mean": diffs.mean(0)}, 384)
     clip = Clip(0, "I saw the movie and felt bad.")
-    rows = steer_clip(model, _FakeScorer(), config, tmp_path, clip)  # type: ignore[arg-type]
+    rows = steer_clip(model, NullScorer(), config, tmp_path, clip)  # type: ignore[arg-type]
     audio = synthesize(clip.text, engine="piper").audio
     options = decode_options(model, config)
     plain = transcribe(model, audio, options)[0].text
@@ -264,7 +246,7 @@ def test_summary_and_report_on_synthetic_rows(tmp_path: Path) -> None:
     config = SteerConfig("love_hate", tmp_path, reducers=("pca", "gaussian"),
                          strengths=(-2.0, 0.0, 2.0), n_random=2)  # fmt: skip
     diffs = torch.randn(400, 32, generator=torch.Generator().manual_seed(0)) + 1.0
-    build_vectors(config, _FakeRun(tmp_path), {"differences": diffs, "mean": diffs.mean(0)}, 16)
+    build_vectors(config, tmp_path, {"differences": diffs, "mean": diffs.mean(0)}, 16)
     rows = []
     for clip in range(4):
         for v in variants(config):

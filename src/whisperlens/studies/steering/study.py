@@ -207,12 +207,12 @@ def build_caa(config: SteerConfig, run: RunDir) -> dict[str, Any]:
     return {**info, "differences": tensors["differences"], "mean": tensors["mean"]}
 
 
-def build_vectors(config: SteerConfig, run: RunDir, caa: dict[str, Any], d_model: int) -> None:
-    """Every mapped vector and its random controls as safetensors files in ``vectors/``
+def build_vectors(config: SteerConfig, out: Path, caa: dict[str, Any], d_model: int) -> None:
+    """Every mapped vector and its random controls as safetensors files in ``out/vectors/``
     (kept when present, so a resumed run steers with the vectors its rows used)."""
-    run.file(VECTOR_DIR).mkdir(parents=True, exist_ok=True)
+    (out / VECTOR_DIR).mkdir(parents=True, exist_ok=True)
     for reducer in config.reducers:
-        if all(run.file(Variant(reducer, lay, "vector", 1.0).vector_file).is_file()
+        if all((out / Variant(reducer, lay, "vector", 1.0).vector_file).is_file()
                for lay in config.layouts):  # fmt: skip
             continue
         samples, mean = mapping.reduce(
@@ -221,11 +221,11 @@ def build_vectors(config: SteerConfig, run: RunDir, caa: dict[str, Any], d_model
         for layout in config.layouts:
             vector = mapping.scaled(mapping.layout_vector(layout, samples, mean), config.scale)
             base = Variant(reducer, layout, "vector", 1.0)
-            save_payloads(run.file(base.vector_file), {"vector": vector})
+            save_payloads(out / base.vector_file, {"vector": vector})
             for k in range(config.n_random):
                 control = Variant(reducer, layout, f"random{k}", 1.0)
                 rand = mapping.random_like(vector, config.seed * 1000 + k)
-                save_payloads(run.file(control.vector_file), {"vector": rand})
+                save_payloads(out / control.vector_file, {"vector": rand})
 
 
 def build_whisper_directions(config: SteerConfig, run: RunDir, whisper: Any) -> None:
@@ -400,7 +400,7 @@ def run_steer(
         whisper = load_whisper(config.model)
         block_ids(config, whisper.n_layers)
         caa = build_caa(config, run)
-        build_vectors(config, run, caa, int(whisper.d_model))
+        build_vectors(config, run.path, caa, int(whisper.d_model))
         build_whisper_directions(config, run, whisper)
         keys = [f"{c.index}:{v.reducer}:{v.layout}:{v.control}:{v.strength:g}"
                 for c in units for v in todo]  # fmt: skip

@@ -79,3 +79,17 @@ class TextScorer:
 
     def lexicon(self, text: str) -> float:
         return self.lexicon_sign * float(self.vader.polarity_scores(text)["compound"])
+
+
+class NullScorer:
+    """Scores nothing (similarity is exact equality, concept scores 0): for timing the
+    steering itself (``bench/steering.py``) and for tests that concern transcripts only."""
+
+    def similarity(self, a: str, b: str) -> float:
+        return float(a == b)
+
+    def projection(self, text: str) -> float:
+        return 0.0
+
+    def lexicon(self, text: str) -> float:
+        return 0.0
