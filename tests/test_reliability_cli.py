@@ -50,6 +50,8 @@ _COMMANDS = {
     "baseline": (["baseline", "--words", "minimal", "--engine", "espeak"], "dir", ""),
     "evaluate": (["evaluate", "--dataset", "asterisk-en", "--n-items", "2"], "dir", ""),
     "demo": (["demo", "--engine", "espeak"], "dir", ""),
+    "patch": (["patch", "a", "--n-pairs", "1", "--workers", "1"], "dir", ""),
+    "steer": (["steer", "--concept", "love_hate", "--workers", "1"], "dir", ""),
 }
 _BAD_OUTS = ("under-file", "under-proc", "existing-other")
 

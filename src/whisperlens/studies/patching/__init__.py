@@ -60,11 +60,11 @@ def run_patching(
 
     directions = build_directions(config, build_pairs(config))
     units = build_units(config, directions)
-    model = load_model(str(config.model))
-    check_model(config, directions, model)
-    n_layers = int(model.n_decoder_layers if config.mode == "decoder" else model.n_layers)
-    keys = {id(u): unit_keys(u, n_layers) for u in units}
-    with open_run(config, overwrite) as run:
+    with open_run(config, overwrite) as run:  # refuses a bad --out before any work
+        model = load_model(str(config.model))
+        check_model(config, directions, model)
+        n_layers = int(model.n_decoder_layers if config.mode == "decoder" else model.n_layers)
+        keys = {id(u): unit_keys(u, n_layers) for u in units}
         pending = [u for u in units if any(k not in run.done for k in keys[id(u)])]
         n_rows = sum(len(k) for k in keys.values())
         if pending:

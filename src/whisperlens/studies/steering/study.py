@@ -399,6 +399,7 @@ def run_steer(
     with open_run(config, overwrite) as run:
         whisper = load_whisper(config.model)
         block_ids(config, whisper.n_layers)
+        run.start()  # artifacts follow: the run has really started
         caa = build_caa(config, run)
         build_vectors(config, run.path, caa, int(whisper.d_model))
         build_whisper_directions(config, run, whisper)
