@@ -3,13 +3,20 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo reproduce test lint bench
 
 setup:
 	bash scripts/setup.sh
 
 demo: setup
 	$(BIN)/whisperlens demo
+
+# The main job: the three seed studies at quick scale, one report (REPRODUCE_SCALE=full for
+# the seeds' sizes; a rerun resumes).
+REPRODUCE_OUT ?= $(or $(WHISPERLENS_CACHE),$(HOME)/.cache/whisperlens)/runs/reproduce
+REPRODUCE_SCALE ?= quick
+reproduce: setup
+	$(BIN)/whisperlens reproduce --scale $(REPRODUCE_SCALE) --out $(REPRODUCE_OUT)
 
 lint: setup
 	$(BIN)/ruff check src tests bench

