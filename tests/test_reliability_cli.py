@@ -52,6 +52,9 @@ _COMMANDS = {
     "demo": (["demo", "--engine", "espeak"], "dir", ""),
     "patch": (["patch", "a", "--n-pairs", "1", "--workers", "1"], "dir", ""),
     "steer": (["steer", "--concept", "love_hate", "--workers", "1"], "dir", ""),
+    "sae-run": (["sae", "run", "--scale", "tiny", "--workers", "1"], "dir", ""),
+    "sae-extract": (["sae", "extract", "--corpus", "tiny", "--workers", "1"], "dir", ""),
+    "reproduce": (["reproduce", "--scale", "tiny", "--workers", "1"], "dir", ""),
 }
 _BAD_OUTS = ("under-file", "under-proc", "existing-other")
 
