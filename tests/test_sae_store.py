@@ -327,3 +327,24 @@ def test_resolve_corpus_reads_folders_and_manifests(tmp_path, tiny_corpus) -> No
     assert again.ids == tiny_corpus.ids[:5]
     with pytest.raises(Exception, match="neither a scale"):
         resolve_corpus(str(tmp_path / "missing"))
+
+
+@pytest.mark.integration
+def test_an_item_over_30_s_is_cut_into_windows_with_frames_counting_on(tmp_path) -> None:
+    from whisperlens.hooks import HookedWhisper
+
+    rng = np.random.default_rng(3)
+    audio = (0.05 * rng.standard_normal(int(31.5 * SR))).astype(np.float32)
+    with pytest.raises(Exception, match="30 s"):
+        AudioItem(id="long", audio=audio).load()  # one window is all load() gives
+    item = AudioItem(id="long", audio=audio, label="noise", language=None)
+    store = st.extract(AudioDataset([item]), tmp_path / "acts", site=SITE, progress=False)
+    acts, meta = store.load()
+    order = np.argsort(meta["frame"])
+    assert meta["frame"][order].tolist() == list(range(len(audio) // 320))  # 1575 frames
+    model = HookedWhisper.from_pretrained("tiny.en")
+    second = audio[30 * SR :]  # the second window holds the last 1.5 s, alone
+    ref = model.run_with_cache(second, names=[SITE])[SITE][0, : n_audio_frames(len(second))]
+    tail = torch.from_numpy(order[1500:])
+    torch.testing.assert_close(acts[tail], ref, rtol=2e-3, atol=2e-2)
+    assert (meta["pos"][order[1500:]] == np.arange(75)).all()

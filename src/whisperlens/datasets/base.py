@@ -66,16 +66,26 @@ class AudioItem:
         if self.duration_s is not None and not (self.duration_s >= 0):
             raise ValueError(f"AudioItem {self.id!r}: duration_s must be >= 0")
 
-    def load(self) -> np.ndarray:
-        """The clip as float32 mono samples at 16 kHz (raises `AudioError`)."""
+    def load(self, *, whole: bool = False) -> np.ndarray:
+        """The clip as float32 mono samples at 16 kHz (raises `AudioError`).
+
+        A clip over 30 s (one Whisper window) is refused unless ``whole``: then all of it is
+        returned, for callers that cut it into windows themselves.
+        """
         from whisperlens.audio import load_audio
 
+        long: Literal["split"] = "split"
         if self.audio is not None:
-            return load_audio(self.audio, sample_rate=self.sample_rate or TARGET_SAMPLE_RATE)
-        assert self.path is not None
-        if self.start_s == 0.0 and self.end_s is None:
-            return load_audio(self.path)
-        return load_audio(*_read_segment(self.path, self.start_s, self.end_s))
+            source: tuple[Any, ...] = (self.audio, self.sample_rate or TARGET_SAMPLE_RATE)
+        else:
+            assert self.path is not None
+            if self.start_s == 0.0 and self.end_s is None:
+                source = (self.path,)
+            else:
+                source = _read_segment(self.path, self.start_s, self.end_s)
+        if not whole:
+            return load_audio(*source)
+        return np.concatenate(load_audio(*source, long=long))
 
 
 def _read_segment(path: Path, start_s: float, end_s: float | None) -> tuple[np.ndarray, int]:

@@ -147,7 +147,8 @@ def heldout_speech_items(
     dataset = store.dataset()
     items = [dataset[i] for i in sorted(heldout)
              if dataset[i].label == "speech" and (dataset[i].text or "").strip()
-             and not (english_only and dataset[i].language != "en")]  # fmt: skip
+             and not (english_only and dataset[i].language != "en")
+             and (dataset[i].duration_s or 0.0) <= 30.0]  # one window per clip  # fmt: skip
     if n_items is not None and len(items) > n_items:
         keep = np.sort(np.random.default_rng(seed).choice(len(items), n_items, replace=False))
         items = [items[i] for i in keep]

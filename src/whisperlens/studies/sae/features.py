@@ -468,7 +468,7 @@ def attach_top(
         for r in rows:
             i, peak = int(meta["item"][r]), int(meta["frame"][r])
             if i not in audio_cache:
-                audio_cache[i] = dataset[i].load()
+                audio_cache[i] = dataset[i].load(whole=True)
             audio = audio_cache[i]
             n_item = max(math.ceil(len(audio) / SAMPLES_PER_FRAME), peak + 1)
             start, length = snippet_window(peak, n_item)

@@ -249,6 +249,7 @@ def heldout_store_clips(store: Any, n: int, language: str | None, seed: int) -> 
         for it in store.dataset()
         if it.label == "speech" and it.text and item_split(it.id) == 1
         and (language is None or it.language in (None, language))
+        and (it.duration_s or 0.0) <= 30.0  # one window: the clip is steered whole
     ]  # fmt: skip
     rng = np.random.default_rng(seed)
     picked = [items[i] for i in sorted(rng.permutation(len(items))[:n].tolist())]

@@ -123,7 +123,7 @@ def item_frames(item: AudioItem) -> int:
     if item.duration_s is not None:
         n_samples = round(item.duration_s * SAMPLE_RATE)
     else:
-        n_samples = len(item.load())
+        n_samples = len(item.load(whole=True))
     return max(1, -(-n_samples // FRAME_SAMPLES))
 
 
@@ -256,7 +256,7 @@ class WindowRunner:
         if index not in self._audio:
             if len(self._audio) > 64:
                 self._audio.clear()
-            self._audio[index] = self.dataset[index].load()
+            self._audio[index] = self.dataset[index].load(whole=True)  # cut into windows
         return self._audio[index]
 
     def piece(self, slot: Slot) -> np.ndarray:
