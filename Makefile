@@ -1,5 +1,6 @@
-# The two set-up commands: `make demo` (main job on the offline default models)
-# and `make test` (lint, type check, tests). Both install what they need first.
+# The two set-up commands: `make reproduce` (the main job: the three seed studies on the
+# offline default models, one report) and `make test` (lint, type check, tests). Both
+# install what they need first. `make demo` is a one-minute tour of the library.
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -29,3 +30,6 @@ test: lint
 bench: setup
 	$(BIN)/python bench/hooks.py
 	$(BIN)/python bench/executors.py
+	$(BIN)/python bench/patching.py --sample-sources 6
+	$(BIN)/python bench/sae_extract.py
+	$(BIN)/python bench/sae_train.py
