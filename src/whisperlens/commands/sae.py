@@ -282,5 +282,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
         summaries[name] = json.loads((Path(path) / "summary.json").read_text(encoding="utf-8"))
     index = render_dashboard(args.features, args.out, title=args.title, summaries=summaries,
                              executor=executor_from_args(args), progress=not args.no_progress)  # fmt: skip
+    from whisperlens._io import atomic_write_json
+
+    config = {"study": "sae-dashboard", "features": str(Path(args.features).resolve()),
+              **{k: None if getattr(args, k) is None else str(Path(getattr(args, k)).resolve())
+                 for k in ("evaluate", "steer")}, "title": args.title}  # fmt: skip
+    atomic_write_json(index.parent / "config.json", config)
+    pages = sorted(p.name for p in (index.parent / "latents").glob("*.html"))
+    atomic_write_json(index.parent / "summary.json", {"index": index.name, "n_pages": len(pages)})
     print(f"dashboard: {index}", file=sys.stderr)
     return 0

@@ -38,6 +38,7 @@ def parts(scale: Scale) -> list[Part]:
     return [Part("sae", dict(config.settings()), run)]
 
 
+MIN_EFFECT = 0.1  # nats of forced-choice margin: a smaller excess drop is not a causal role
 LINGUISTIC = ("phoneme", "word", "language")  # label types about language
 NON_LINGUISTIC = ("speech", "position")  # speech vs music/noise/silence; window position
 
@@ -173,8 +174,9 @@ def claim_cross_lingual(results: Results) -> Claim:
 def claim_linguistic(results: Results) -> Claim:
     """Reproduced if linguistic latents (phoneme, word, language) pass the monosemanticity
     test and ablating at least one of them hurts the words that carry its label more than
-    frequency-matched random latents do (CI of the excess above 0); reproduced, explained
-    otherwise if the labels exist without that causal selectivity."""
+    frequency-matched random latents do (CI of the excess above 0, and at least MIN_EFFECT
+    nats: with several latents tested, a CI barely above 0 is expected by chance);
+    reproduced, explained otherwise if the labels exist without that causal selectivity."""
     summary = _summary(results)
     counts = (((summary.get("features") or {}).get("dictionaries") or {}).get("sae") or {}).get(
         "counts_by_type"
@@ -188,7 +190,7 @@ def claim_linguistic(results: Results) -> Claim:
         m = Measure(f"ablating {a['label']} (latent {a['latent']}): excess margin drop",
                     ex.get("value", ex.get("mean")), (ci[0], ci[1]), a.get("n_with"))  # fmt: skip
         measures.append(m)
-        if _positive(m):
+        if _positive(m) and (m.value or 0.0) >= MIN_EFFECT:
             selective.append(a["label"])
     if n_ling and selective:
         verdict, why = (

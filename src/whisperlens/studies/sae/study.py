@@ -23,6 +23,7 @@ STUDY, FORMAT_VERSION = "sae", 1
 Scale = Literal["tiny", "quick", "default", "full"]
 SCALES: tuple[str, ...] = get_args(Scale)
 STEPS = ("extract", "train", "evaluate", "features", "steer", "dashboard")
+LANGUAGES = ("en", "es")  # the cross-lingual steering's pair (SteerOptions.languages)
 ARTIFACTS = ("acts", "train", "evaluate", "features", "steer", "lang", "dashboard", "figures")
 
 
@@ -160,6 +161,7 @@ def run_sae_study(
             n_pairs=sizes.steer_items, n_clips=sizes.steer_clips,
             n_lang_clips=sizes.steer_clips, crosslingual=config.language_model is not None,
             lang_model=config.language_model or "base", lang_site=config.lang_site,
+            languages=LANGUAGES,
             seed=config.seed)  # fmt: skip
         step("steer", lambda: steer_mod.steer_features(acts, sae, out / "features", out / "steer",
                                                        options=options, lang_sae=lang_sae,
@@ -200,7 +202,9 @@ def _language_sae(
                             "set both, or language_model=None to skip it")  # fmt: skip
 
     def build_store() -> dict[str, Any]:
-        corpus = build_corpus(sizes.lang_corpus, seed=config.seed, progress=progress)  # type: ignore[arg-type]
+        # the languages steered (English, Spanish) and the non-speech: what its latents contrast
+        corpus = build_corpus(sizes.lang_corpus, seed=config.seed, languages=LANGUAGES,  # type: ignore[arg-type]
+                              progress=progress)  # fmt: skip
         return extract(corpus, lang / "acts", model=model, site=site, pack=sizes.lang_pack,
                        executor=executor, progress=progress).summary  # fmt: skip
 
