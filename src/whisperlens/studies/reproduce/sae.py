@@ -147,8 +147,9 @@ def claim_cross_lingual(results: Results) -> Claim:
         verdict, why = (
             "not reproduced",
             (
-                "The multilingual SAE has no latent labelled with a language, so no SAE feature "
-                "could be steered; the mean-difference direction stood in."
+                "No latent of the multilingual SAE passes the monosemanticity test with a "
+                "language label, so no SAE language feature could be steered (the rows show "
+                "the best language-labelled latent, or the mean-difference direction)."
             ),
         )
     elif wins:
@@ -205,8 +206,8 @@ def claim_linguistic(results: Results) -> Claim:
             "reproduced, explained otherwise",
             (
                 f"{n_ling} latents carry linguistic labels, but no tested ablation hurts its "
-                f"label's words beyond random latents: the information is there, its causal use "
-                f"at this site is not shown."
+                f"label's words beyond random latents by {MIN_EFFECT} nats or more: the "
+                f"information is there, its causal use at this site is not shown."
             ),
         )
     else:
