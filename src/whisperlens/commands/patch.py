@@ -2,10 +2,13 @@
 
     whisperlens patch a --n-pairs 30 --out runs/patch-a
     whisperlens patch b --model base --mode span --out runs/patch-b
+    whisperlens patch compare runs/patch-a runs/patch-a-base --out runs/patch-a-compare
 
 Writes ``config.json``, ``rows.jsonl`` (one row per pair direction x (S, L); a rerun with the
 same options resumes), ``summary.json`` (layer x layer matrices with bootstrap CIs, the seed's
-matrices and the differences) and ``report.html`` into ``--out``.
+matrices and the differences) and ``report.html`` into ``--out``. ``compare`` puts runs of
+models with different numbers of blocks side by side by relative depth (block l of n at
+(l + 1) / n; :mod:`whisperlens.studies.patching.compare`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,30 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "patch", help="activation patching between word pairs (seed 001, experiments A and B)"
     )
-    parser.add_argument("experiment", choices=get_args(Experiment),
-                        help="a: English -> English (tiny.en); b: English -> Spanish (base)")  # fmt: skip
+    kinds = parser.add_subparsers(dest="experiment", metavar="a|b|compare", required=True)
+    helps = {"a": "English -> English word pairs (default model tiny.en)",
+             "b": "English states into Spanish audio (default model base)"}  # fmt: skip
+    for experiment in get_args(Experiment):
+        sub = kinds.add_parser(experiment, help=helps[experiment])
+        add_run_arguments(sub)
+        sub.set_defaults(func=run)
+    compare = kinds.add_parser(
+        "compare", help="seed/span runs of different model sizes side by side, by relative depth"
+    )
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                         help="--out directories of finished `patch a|b` runs (seed or span mode)")  # fmt: skip
+    compare.add_argument("--out", required=True, type=Path, help="comparison directory")
+    compare.add_argument("--overwrite", action="store_true", help="discard a different comparison")
+    compare.add_argument("--json", action="store_true", help="print summary.json on stdout")
+    compare.set_defaults(func=run_compare_command)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``patch a`` and ``patch b`` (the fields of PatchConfig)."""
     parser.add_argument("--out", required=True, type=Path, help="run directory")
     parser.add_argument("--mode", default="seed", help=" | ".join(MODES))
-    parser.add_argument("--model", default=None, help="default: tiny.en (a), base (b)")
+    parser.add_argument("--model", default=None,
+                        help="offline name, local path or hub id (default: tiny.en (a), base (b))")  # fmt: skip
     parser.add_argument("--words", default=None, help="default: english (a), en-es (b)")
     parser.add_argument("--n-pairs", type=int, default=None,
                         help="seeded subset, stratified by kind (default: the seed's 869 / 162)")  # fmt: skip
@@ -42,7 +64,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print summary.json on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_executor_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> PatchConfig:
@@ -79,6 +100,24 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    from whisperlens.studies.patching.compare import run_compare
+
+    comparison = run_compare(args.runs, args.out, overwrite=args.overwrite)
+    for entry in comparison["runs"]:
+        t = entry["triangles"]
+        print(
+            f"{entry['label']}: override diagonal {_pct(t['diagonal']['override']['value'])}, "
+            f"below (S > L) {_pct(t['below']['override']['value'])}, above (S < L) "
+            f"{_pct(t['above']['override']['value'])}",
+            file=sys.stderr,
+        )
+    print(f"-> {args.out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(comparison, ensure_ascii=False))
     return 0
 
 

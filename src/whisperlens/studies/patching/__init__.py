@@ -7,14 +7,15 @@
   batched decoding after the carrier prefix and forced-choice scoring;
 - :mod:`.study`: configuration, pairs, work units and rows (the metrics are defined there);
 - :mod:`.summary`: layer x layer matrices with bootstrap CIs, baselines, the seed's numbers;
-- :mod:`.report`: the report section.
+- :mod:`.report`: the report sections;
+- :mod:`.compare`: runs of different model sizes side by side, by relative depth.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from whisperlens._io import atomic_write_bytes
 from whisperlens.errors import WhisperlensError
 from whisperlens.runs import RunDir
 from whisperlens.stimuli.wordlists import wordlist_files
@@ -25,16 +26,19 @@ from whisperlens.studies.patching.study import (
     PatchConfig,
     PatchingError,
     PatchTask,
+    StimuliTask,
+    Unit,
     build_directions,
     build_pairs,
     build_units,
     check_model,
+    is_synthesized,
     load_model,
     unit_keys,
 )
 from whisperlens.studies.patching.summary import fill_clean_targets, summarize
 
-FIGURES_DIR = "figures"  # heatmaps as PNG files
+FIGURES_DIR = "figures"  # the report's figures as PNG files, beside report.html
 __all__ = ["MODES", "PatchConfig", "PatchingError", "open_run", "run_patching"]
 
 
@@ -58,6 +62,7 @@ def run_patching(
     report. Bad input (model, word list, counts) is refused before any row is written."""
     from whisperlens.executors import InlineExecutor
 
+    executor = executor or InlineExecutor()
     directions = build_directions(config, build_pairs(config))
     units = build_units(config, directions)
     with open_run(config, overwrite) as run:  # refuses a bad --out before any work
@@ -68,9 +73,10 @@ def run_patching(
         pending = [u for u in units if any(k not in run.done for k in keys[id(u)])]
         n_rows = sum(len(k) for k in keys.values())
         if pending:
+            synthesize_missing(pending, executor, progress)
             desc = f"patch {config.experiment} {config.mode}"
             with run.progress(n_rows, desc, progress) as bar:
-                for _unit, rows in (executor or InlineExecutor()).map(PatchTask(config), pending):
+                for _unit, rows in executor.map(PatchTask(config), pending):
                     fresh = [r for r in rows if r["key"] not in run.done]
                     run.extend(fresh)
                     bar.update(len(fresh))
@@ -81,22 +87,22 @@ def run_patching(
     return summary
 
 
+def synthesize_missing(units: Sequence[Unit], executor: Any, progress: bool) -> None:
+    """Synthesize the stimuli of ``units`` that the TTS cache lacks, on ``executor``'s
+    workers, which exit before the patching workers start (no TTS engine in their memory)."""
+    from tqdm import tqdm
+
+    words = {w: None for u in units for d in u.directions for w in (d.source, d.target)}
+    missing = [w for w in words if not is_synthesized(w)]
+    if missing:
+        with tqdm(total=len(missing), desc="stimuli", disable=not progress, unit="word") as bar:
+            for _ in executor.map(StimuliTask(), missing):
+                bar.update(1)
+
+
 def write_report(run: RunDir, summary: dict[str, Any]) -> None:
     """The study's report section, rendered on its own into ``report.html``."""
-    from whisperlens.report import Figure, Report, render_report
-    from whisperlens.studies.patching.report import report_section
+    from whisperlens.studies.patching.report import report_section, write_section
 
-    section = report_section(summary)
-    figures = run.file(FIGURES_DIR)
-    figures.mkdir(exist_ok=True)
-    for block in section.blocks:  # the heatmaps as PNG files beside the report
-        if isinstance(block, Figure) and isinstance(block.image, bytes):
-            atomic_write_bytes(figures / figure_file(block.title), block.image)
-    render_report(Report("whisperlens activation patching", [section], summary["config"]),
-                  run.path)  # fmt: skip
-
-
-def figure_file(title: str) -> str:
-    """``<slug>.png`` for a figure title ("Override (seed mode)" -> "override-seed-mode.png")."""
-    slug = "".join(c if c.isalnum() else " " for c in title.lower())
-    return "-".join(slug.split()) + ".png"
+    write_section(run, report_section(summary), "whisperlens activation patching",
+                  summary["config"])  # fmt: skip

@@ -7,8 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from whisperlens._io import atomic_write_bytes
 from whisperlens.report import Block, Figure, Section, Series, Table, heatmap, line_plot
 from whisperlens.report.figures import format_number, new_figure
+from whisperlens.runs import RunDir
+from whisperlens.studies.patching import FIGURES_DIR
 
 SEED_MODE_NOTE = (
     "What seed mode measures: the seed's hook replaces the whole output of encoder block L "
@@ -216,3 +219,120 @@ def report_section(summary: dict[str, Any]) -> Section:
             blocks.append(breakdown_table(summary, field))
     return Section(f"patching-{config['experiment']}-{mode}", f"Activation patching {exp}",
                    intro, blocks)  # fmt: skip
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def write_section(run: RunDir, section: Section, title: str, metadata: dict[str, Any]) -> None:
+    """``section`` rendered on its own into the run's ``report.html``, its figures as PNG
+    files under ``figures/``."""
+    from whisperlens.report import Report, render_report
+
+    figures = run.file(FIGURES_DIR)
+    figures.mkdir(exist_ok=True)
+    for block in section.blocks:
+        if isinstance(block, Figure) and isinstance(block.image, bytes):
+            atomic_write_bytes(figures / figure_file(block.title), block.image)
+    render_report(Report(title, [section], metadata), run.path)
+
+
+def figure_file(title: str) -> str:
+    """``<slug>.png`` for a figure title ("Override (seed mode)" -> "override-seed-mode.png")."""
+    slug = "".join(c if c.isalnum() else " " for c in title.lower())
+    return "-".join(slug.split()) + ".png"
+
+
+# --- comparison by relative depth (patch compare) ------------------------------------------
+
+COMPARE_NOTE = (
+    "Runs of models with different numbers of encoder blocks, compared by relative depth: "
+    "block l (0-based) of an n-block encoder sits at (l + 1) / n, the share of the encoder's "
+    "blocks that have run once its output exists. Diagonal: S = L; below: S > L (a later "
+    "block's states written into an earlier block and rerun through the blocks after it); "
+    "above: S < L (states that skip blocks). The binned matrices average each run's cells "
+    "onto the grid of the run with the fewest blocks (bins of relative depth (j/k, (j+1)/k], "
+    "weighted by rows; no CI)."
+)
+
+
+def _stat_text(stat: dict[str, Any]) -> str:
+    value = stat["value"]
+    return "n/a" if value is None else f"{value:.3f} {_fmt_ci(stat)}"
+
+
+def triangles_table(comparison: dict[str, Any]) -> Table:
+    rows = []
+    for run in comparison["runs"]:
+        for part in ("diagonal", "below", "above"):
+            stats = run["triangles"][part]
+            rows.append([run["label"], part, stats["override"]["n"],
+                         *(_stat_text(stats[m]) for m in ("override", "margin", "effect"))])  # fmt: skip
+    return Table(["run", "cells", "rows", "override [95 % CI]", "margin [95 % CI]",
+                  "effect [95 % CI]"], rows,
+                 "Diagonal S = L, below S > L, above S < L; CIs over pair directions.")  # fmt: skip
+
+
+def curves_table(comparison: dict[str, Any]) -> Table:
+    rows = []
+    for run in comparison["runs"]:
+        curves = run["curves"]
+        for i, point in enumerate(curves["override"]):
+            rows.append([run["label"], point["layer"], round(point["relative_depth"], 3),
+                         *(_stat_text(curves[m][i]) for m in ("override", "margin", "effect"))])  # fmt: skip
+    return Table(["run", "block", "relative depth", "override [95 % CI]", "margin [95 % CI]",
+                  "effect [95 % CI]"], rows, "The diagonal cell (S = L) of each block.")  # fmt: skip
+
+
+def curves_figure(comparison: dict[str, Any]) -> Figure:
+    """Override, margin and effect of the diagonal cells against relative depth, one line
+    (with its CI band) per run."""
+    metrics = ("override", "margin", "effect")
+    fig = new_figure(4.4 * len(metrics), 3.8)
+    for k, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), k + 1)
+        for run in comparison["runs"]:
+            points = run["curves"][metric]
+            x = [p["relative_depth"] for p in points]
+            (line,) = ax.plot(x, [_nan(p["value"]) for p in points], marker="o", markersize=3,
+                              label=run["label"])  # fmt: skip
+            ax.fill_between(x, [_nan(p["ci95"][0]) for p in points],
+                            [_nan(p["ci95"][1]) for p in points], color=line.get_color(),
+                            alpha=0.2, linewidth=0)  # fmt: skip
+        ax.set(title=f"{metric}, S = L", xlabel="relative depth (l + 1) / n", ylabel=metric,
+               xlim=(0.0, 1.05))  # fmt: skip
+    fig.axes[0].legend(fontsize=7, loc="lower left")
+    return Figure.from_matplotlib("Diagonal against relative depth", fig,
+                                  "Bands: 95 % bootstrap CIs.")  # fmt: skip
+
+
+def binned_figure(comparison: dict[str, Any], metric: str = "override") -> Figure:
+    """Each run's ``metric`` matrix on the common grid of relative depth, side by side."""
+    runs, k = comparison["runs"], comparison["n_bins"]
+    edges = [f"{e:.2g}" for e in comparison["bin_edges"][1:]]
+    fig = new_figure(4.4 * len(runs), 4.0)
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(1, len(runs), i + 1)
+        arr = np.ma.masked_invalid(np.asarray(_grid({"v": run["binned"][metric]}, "v")))
+        im = ax.imshow(arr, aspect="auto", interpolation="nearest", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(k), labels=edges)
+        ax.set_yticks(range(k), labels=edges)
+        ax.set(title=run["label"], xlabel="target depth (bin end)", ylabel="source depth")
+        ax.title.set_fontsize(8)
+        for r in range(k):
+            for c in range(k):
+                v = float(arr.data[r, c])
+                ax.text(c, r, format_number(v), ha="center", va="center", fontsize=8,
+                        color="white" if v < 0.55 else "black")  # fmt: skip
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    return Figure.from_matplotlib(f"Binned {metric} by relative depth", fig,
+                                  f"Cells averaged into {k} x {k} bins of relative depth.")  # fmt: skip
+
+
+def compare_section(comparison: dict[str, Any]) -> Section:
+    """The report section of ``whisperlens patch compare``."""
+    labels = "; ".join(r["label"] for r in comparison["runs"])
+    return Section("patching-compare", "Activation patching by relative depth",
+                   f"{COMPARE_NOTE}\n\nRuns: {labels}.",
+                   [triangles_table(comparison), curves_figure(comparison),
+                    binned_figure(comparison), curves_table(comparison)])  # fmt: skip

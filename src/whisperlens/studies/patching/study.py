@@ -44,7 +44,13 @@ from whisperlens.frames import N_ENCODER_FRAMES, frames_for_span
 from whisperlens.interventions import Intervention, Span
 from whisperlens.metrics import word_present
 from whisperlens.stimuli.carriers import CARRIERS, carrier_for, carrier_split
-from whisperlens.stimuli.tts import synthesize
+from whisperlens.stimuli.tts import (
+    SynthesisRequest,
+    cache_paths,
+    get_engine,
+    request_key,
+    synthesize_request,
+)
 from whisperlens.stimuli.wordlists import WordPair, load_pairs
 from whisperlens.studies.patching import engine
 from whisperlens.studies.patching.engine import CellScores
@@ -261,18 +267,43 @@ class Clip:
     span: tuple[int, int]  # encoder frames [start, stop) of the word
 
 
+def stimulus_request(word: Word) -> SynthesisRequest:
+    """What to synthesize for ``word``: its carrier phrase, engine, language and rate."""
+    phrase = CARRIERS[word.carrier].render(word.text)
+    engine_name = ENGINE_BY_LANGUAGE.get(word.language, "espeak")
+    rate = RATE_BY_LANGUAGE.get(word.language, 1.0)
+    return SynthesisRequest(phrase.text, engine_name, word.language, None, rate, {})
+
+
 @functools.lru_cache(maxsize=64)
 def clip_for(word: Word) -> Clip:
     """Synthesize ``word`` in its carrier (cached on disk by the TTS layer)."""
     phrase = CARRIERS[word.carrier].render(word.text)
-    engine_name = ENGINE_BY_LANGUAGE.get(word.language, "espeak")
-    stim = synthesize(
-        phrase.text, engine=engine_name, language=word.language,
-        rate=RATE_BY_LANGUAGE.get(word.language, 1.0),
-    )  # fmt: skip
+    stim = synthesize_request(stimulus_request(word))
     times = stim.time_span(phrase.word_span) or (0.0, stim.duration_s)
     frames = frames_for_span(*times)
     return Clip(stim.audio, str(stim.path), (frames.start, frames.stop))
+
+
+def is_synthesized(word: Word) -> bool:
+    """True when ``word``'s stimulus is in the TTS disk cache (no TTS engine is loaded)."""
+    request = stimulus_request(word)
+    tts = get_engine(request.engine)
+    key = request_key(request, tts.resolve_voice(request.language, None), tts.version())
+    return cache_paths(request.engine, key)[1].is_file()
+
+
+@dataclass(frozen=True)
+class StimuliTask:
+    """The executor's task that synthesizes the stimuli a run lacks, before the patching
+    workers start: a TTS engine then never sits in a patching worker's memory (the Piper
+    voice holds about 280 MB per process)."""
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, state: None, word: Word) -> tuple[int, int]:
+        return clip_for(word).span
 
 
 def decode_setup(word: Word) -> tuple[str | None, str]:

@@ -12,6 +12,10 @@
   where single rows have nearly equal clean margins): 0 = the target's clean run, 1 = the
   source's.
 
+In seed and span mode ``triangles`` holds override, margin and effect on the diagonal
+(S = L), below it (S > L) and above it (S < L), for comparing models of different depth
+(:mod:`whisperlens.studies.patching.compare`).
+
 Every CI is a seeded percentile bootstrap over the cell's rows. The seed's published
 matrices, and our values minus them where the shapes agree, sit beside ours.
 """
@@ -39,6 +43,8 @@ SEED_HEADLINES: dict[str, dict[str, float]] = {
     "b": {"overall": 0.666, "diagonal": 0.708, "off_diagonal": 0.652},
 }
 BOOL_METRICS = ("override", "target_present", "both", "neither")
+TRIANGLE_METRICS = ("override", "margin", "effect")  # in summary.json "triangles"
+LAYER_MODES = ("seed", "span")  # modes whose matrices are source layer x target layer
 
 
 def fill_clean_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -184,6 +190,21 @@ def headline(rows: Sequence[dict[str, Any]], n_bootstrap: int) -> dict[str, Any]
             (("diagonal", diag), ("off_diagonal", off), ("overall", list(rows)))}  # fmt: skip
 
 
+def triangles(rows: Sequence[dict[str, Any]], n_bootstrap: int) -> dict[str, Any]:
+    """Override, margin and effect on the diagonal (S = L), below it (S > L: a later block's
+    states into an earlier block, rerun through the blocks after it) and above it (S < L:
+    states that skip blocks), each with its bootstrap CI over pair directions."""
+    parts: dict[str, list[dict[str, Any]]] = {"diagonal": [], "below": [], "above": []}
+    for r in rows:
+        s, t = r["source_layer"], r["target_layer"]
+        parts["diagonal" if s == t else "below" if s > t else "above"].append(r)
+    out = {}
+    for name, group in parts.items():
+        stats = cell_stats(group, n_bootstrap)
+        out[name] = {m: stats[m] for m in TRIANGLE_METRICS}
+    return out
+
+
 def baselines(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The unpatched runs, one entry per pair direction: is the source word heard in the clean
     source clip (and the clean target clip), and the mean clean margins."""
@@ -264,8 +285,9 @@ def summarize(
         "headline": headline(rows, n_boot),
         "matrices": mats,
         "baselines": baselines(rows),
+        "triangles": triangles(rows, n_boot) if mode in LAYER_MODES else None,
         "seed": seed_comparison(settings["experiment"], mats["override"])
-        if mode in ("seed", "span")
+        if mode in LAYER_MODES
         else None,
         "by_kind": breakdown(rows, "kind", n_boot),
         "by_feature": by_feature,
