@@ -31,5 +31,6 @@ bench: setup
 	$(BIN)/python bench/hooks.py
 	$(BIN)/python bench/executors.py
 	$(BIN)/python bench/patching.py --sample-sources 6
+	$(BIN)/python bench/steering.py
 	$(BIN)/python bench/sae_extract.py
 	$(BIN)/python bench/sae_train.py

@@ -1,17 +1,21 @@
-"""Time the steering study's per-output cost and project the issue's full sweep.
+"""Time the issue's full steering sweep: 10 clips x 5 mappings x 21 strengths, plus controls.
 
-    OMP_NUM_THREADS=2 python bench/steering.py --clips 1 --strengths 5
+    OMP_NUM_THREADS=1 .venv/bin/python bench/steering.py                    # the full sweep
+    OMP_NUM_THREADS=1 .venv/bin/python bench/steering.py --layout frames    # the seed's layout
+    OMP_NUM_THREADS=1 .venv/bin/python bench/steering.py --strengths 5 --concepts anger_calm
 
-Steers ``--clips`` evaluation clips of anger_calm with 5 mappings (pca/ae/gaussian/sparse
-frames + pca direction) at ``--strengths`` strengths plus ``--n-random`` random controls,
-through :func:`whisperlens.studies.steering.study.steer_clip` (unsteered states reused up to
-the first steered block, batched encoder continuation, greedy decoding), scores included.
-CAA differences are random here (no text model forward), so only steering is timed.
+Runs the real study (:func:`whisperlens.studies.steering.study.run_steer`: CAA vectors in
+smollm2-135m, the five reducers pca, ae, gaussian, sparse and aligned in one layout, equal-norm
+random controls and the sign flip, the Whisper-internal directions, steering on every encoder
+block of tiny.en through the process executor, scoring, summary and report) on two concepts
+with 5 evaluation clips each, so 10 clips. A first run per concept with one strength warms
+the caches a user's second sweep has too (TTS, CAA vectors, the alignment's paired
+activations, the language directions); the timed runs start from empty run directories.
 
-The full sweep of the issue is 10 clips x 5 mappings x 21 strengths (+ controls); the
-script prints the measured seconds per output and the projected sweep time. Steering all
-four blocks needs the whole encoder per output (about 36 GFLOP on tiny.en at 1500 frames),
-which bounds the sweep from below on CPU.
+Prints per concept the wall time, the rows written and the distinct steered outputs that
+were computed (rows that add bit-identical payloads, such as strength 0 or the random
+controls of unit directions shared by every reducer, are computed once per clip), then the
+total against the 10-minute target.
 """
 
 from __future__ import annotations
@@ -22,57 +26,57 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from whisperlens.studies.steering.study import (
-    Clip,
-    SteerConfig,
-    build_vectors,
-    load_whisper,
-    steer_clip,
-    variants,
-)
-from whisperlens.studies.steering.textscore import NullScorer
+from whisperlens.executors import ProcessExecutor
+from whisperlens.interventions import load_payloads
+from whisperlens.studies.steering.concepts import load_concept
+from whisperlens.studies.steering.study import SteerConfig, distinct_work, run_steer, variants
 
-SWEEP_CLIPS, SWEEP_MAPPINGS, SWEEP_STRENGTHS = 10, 5, 21
-ENCODER_GFLOP_TINY = 36.0  # 4 blocks x (projections + MLP + attention) at 1500 frames
+TARGET_S = 600.0
+REDUCERS = ("pca", "ae", "gaussian", "sparse", "aligned")
+
+
+def distinct_outputs(config: SteerConfig, n_clips: int) -> int:
+    """Steered outputs the run computes: distinct payloads per clip, plus the unsteered one."""
+    todo = variants(config)
+    vectors = {v.vector_file: load_payloads(config.out / v.vector_file)["vector"] for v in todo}
+    keys = {k for k in distinct_work(todo, vectors).values() if k is not None}
+    return n_clips * (len(keys) + 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=1)
-    parser.add_argument("--strengths", type=int, default=5, help="points in [-8, 8]")
-    parser.add_argument("--n-random", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--concepts", nargs="+", default=["anger_calm", "love_hate"])
+    parser.add_argument("--layout", choices=["direction", "frames"], default="direction")
+    parser.add_argument("--strengths", type=int, default=21, help="points in [-8, 8]")
+    parser.add_argument("--n-random", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this directory")
     args = parser.parse_args()
     strengths = tuple(float(s) for s in np.linspace(-8, 8, args.strengths))
-    model = load_whisper("tiny.en")
-    texts = [
-        "I saw the movie and felt bad.", "He was calm when the train was late.",
-        "The meeting made me a little upset.", "She spoke quietly to the waiter.",
-    ][: args.clips]  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        diffs = torch.randn(400, 576, generator=torch.Generator().manual_seed(0))
-        caa = {"differences": diffs, "mean": diffs.mean(0)}
-        n_outputs, elapsed = 0, 0.0
-        for reducers, layouts in ((("pca", "ae", "gaussian", "sparse"), ("frames",)),
-                                  (("pca",), ("direction",))):  # fmt: skip
-            config = SteerConfig("anger_calm", out / "_".join(layouts), reducers=reducers,
-                                 layouts=layouts, strengths=strengths, n_random=args.n_random,
-                                 batch_size=args.batch_size)  # fmt: skip
-            build_vectors(config, config.out, caa, int(model.d_model))  # type: ignore[arg-type]
+    total, rows, outputs = 0.0, 0, 0
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
+        for concept in args.concepts:
+            common = dict(model=args.model, reducers=REDUCERS, layouts=(args.layout,),
+                          n_random=args.n_random)  # fmt: skip
+            warm = SteerConfig(concept, Path(tmp) / f"warm-{concept}", strengths=(1.0,), **common)  # type: ignore[arg-type]
+            run_steer(warm, executor=ProcessExecutor(workers=args.workers), progress=False)
+            config = SteerConfig(concept, Path(tmp) / concept, strengths=strengths, **common)  # type: ignore[arg-type]
             start = time.perf_counter()
-            for i, text in enumerate(texts):
-                steer_clip(model, NullScorer(), config, config.out, Clip(i, text))  # type: ignore[arg-type]
-            elapsed += time.perf_counter() - start
-            n_outputs += len(variants(config)) * len(texts)
-    per = elapsed / n_outputs
-    full = SWEEP_CLIPS * SWEEP_MAPPINGS * SWEEP_STRENGTHS * (1 + args.n_random)
-    print(f"{n_outputs} outputs in {elapsed:.1f} s: {per:.3f} s/output, "
-          f"{ENCODER_GFLOP_TINY / per:.0f} GFLOP/s on the encoder alone")  # fmt: skip
-    print(f"projected full sweep ({full} outputs, {args.n_random} random controls): "
-          f"{full * per / 60:.1f} min (target 10 min)")  # fmt: skip
+            summary = run_steer(config, executor=ProcessExecutor(workers=args.workers))
+            elapsed = time.perf_counter() - start
+            n_clips = len(load_concept(concept).eval)
+            n_rows = n_clips * len(variants(config))
+            n_out = distinct_outputs(config, n_clips)
+            total, rows, outputs = total + elapsed, rows + n_rows, outputs + n_out
+            print(f"{concept}: {elapsed:.1f} s, {summary['n_clips']} clips, {n_rows} rows, "
+                  f"{n_out} distinct outputs ({elapsed / n_out:.3f} s each)")  # fmt: skip
+    print(f"sweep: {len(args.concepts)} concepts, {len(REDUCERS)} mappings ({args.layout}), "
+          f"{args.strengths} strengths, {args.n_random} random controls, {args.workers} "
+          f"workers: {rows} rows, {outputs} outputs, {total:.1f} s = {total / 60:.1f} min "
+          f"(target {TARGET_S / 60:.0f} min: {'met' if total <= TARGET_S else 'NOT met'})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -135,6 +135,24 @@ def test_unit_scale_and_random_controls_keep_per_frame_norms() -> None:
     assert abs(mapping.cosine(rand, unit)) < 0.2
 
 
+def test_unit_directions_of_different_reducers_share_their_random_controls() -> None:
+    from whisperlens.studies.steering.study import Variant, distinct_work
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = (mapping.scaled(torch.randn(384, generator=gen) * w, "unit") for w in (3.0, 40.0))
+    ra, rb = mapping.random_like(a, seed=7), mapping.random_like(b, seed=7)
+    assert torch.equal(ra, rb) and not torch.equal(a, b)
+    todo = [Variant(r, "direction", c, s) for r in ("pca", "gaussian")
+            for c in ("vector", "random0") for s in (0.0, 2.0) if c == "vector" or s]  # fmt: skip
+    vectors = {"vectors/pca-direction.safetensors": a, "vectors/gaussian-direction.safetensors": b,
+               "vectors/pca-direction-random0.safetensors": ra,
+               "vectors/gaussian-direction-random0.safetensors": rb}  # fmt: skip
+    work = distinct_work(todo, vectors)
+    assert [work[v] is None for v in todo] == [v.strength == 0 for v in todo]
+    keys = {work[v] for v in todo if v.strength}
+    assert len(keys) == 3  # two vectors at +2, one shared random control at +2
+
+
 def test_null_cosine_quantile_is_about_two_over_root_dim() -> None:
     assert mapping.null_cosine_quantile(384) == pytest.approx(1.96 / math.sqrt(384), rel=0.15)
 
@@ -280,3 +298,48 @@ def test_whisper_concept_samples_and_cosine_table() -> None:
     table = cosines_with(directions, {"a": torch.eye(8)[0], "b": -torch.eye(8)[1]})
     assert table["cosine"] == [[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]]
     assert table["blocks"] == [0, 1, 2] and table["labels"] == ["a", "b"]
+
+
+@pytest.mark.integration
+def test_cli_end_to_end_writes_every_output(tmp_path: Path) -> None:
+    """`whisperlens steer` on tiny.en + smollm2-135m: the issue's outputs, each checked."""
+    import json
+
+    from whisperlens.cli import main
+    from whisperlens.interventions import load_payloads
+
+    out = tmp_path / "run"
+    argv = ["steer", "--concept", "anger_calm", "--reducer", "pca", "--layout", "direction",
+            "--layout", "frames", "--strengths=-2,0,2", "--n-random", "1", "--n-language-clips",
+            "3", "--workers", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["study"] == "steer" and config["config"]["reducers"] == ["pca"]
+    assert config["config"]["strengths"] == [-2.0, 0.0, 2.0] and config["config"]["blocks"] is None
+    direction = load_payloads(out / "vectors/pca-direction.safetensors")["vector"]
+    frames = load_payloads(out / "vectors/pca-frames.safetensors")["vector"]
+    assert direction.shape == (384,) and frames.shape == (N_ENCODER_FRAMES, 384)
+    assert float(direction.norm()) == pytest.approx(1.0, abs=1e-5)
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    n_clips = len(load_concept("anger_calm").eval)
+    assert len(rows) == n_clips * 2 * (3 + 2)  # 2 layouts x (3 strengths + 1 random at +-2)
+    need = {"clip", "audio", "reducer", "layout", "control", "strength", "blocks", "transcript",
+            "similarity", "lexicon_delta", "nrc_delta", "projection_delta", "nonword_rate",
+            "compression_ratio", "wer", "interventions"}  # fmt: skip
+    assert all(need <= set(r) for r in rows)
+    for r in rows:
+        assert r["blocks"] == [0, 1, 2, 3] and Path(r["audio"]).is_file()
+        if r["strength"] == 0:
+            assert r["transcript"] == r["unsteered"] and r["edit_distance"] == 0
+        ivs = r["interventions"]
+        assert [iv["site"] for iv in ivs] == [f"encoder.blocks.{b}.hook_resid_post"
+                                              for b in range(4)]  # fmt: skip
+        assert all(iv["strength"] == r["strength"] for iv in ivs)
+    summary = json.loads((out / "summary.json").read_text())
+    effects = summary["mappings"]["pca-direction"]["effects"]
+    assert {e["strength"] for e in effects} == {-2.0, 0.0, 2.0}
+    tested = [e["lexicon_delta_vs_random"] for e in effects if e["strength"] != 0]
+    assert all(0 <= t["p"] <= t["p_holm"] <= 1 and t["p"] <= t["p_bh"] for t in tested)
+    assert "whisper_language" in summary["geometry"] and "whisper_concept" in summary["geometry"]
+    html = (out / "report.html").read_text()
+    assert "Cross-modal steering" in html and html.count("<img") >= 3

@@ -20,7 +20,7 @@ from whisperlens.runs import read_rows
 from whisperlens.studies.reproduce.base import Part, PartResult, Results, Scale, Study
 from whisperlens.studies.reproduce.claims import Claim, Measure, above, mean_measure
 from whisperlens.studies.steering.study import SteerConfig, clips, run_steer, variants
-from whisperlens.studies.steering.summary import EFFECT_SCORES, report_section
+from whisperlens.studies.steering.summary import EFFECT_SCORES, Q_FDR, report_section
 
 CONCEPTS = ("anger_calm", "love_hate")  # the seed's two concepts (tiny: the first only)
 MODERATE = 2.0  # "moderate strength" (unit vectors; residual norms are 14-30 per frame)
@@ -32,7 +32,7 @@ SIZES: dict[str, dict[str, Any]] = {
              "strengths": (-2, 0, 2, 8), "n_random": 1},
     "quick": {"concepts": CONCEPTS, "reducers": ("pca", "gaussian"),
               "layouts": ("frames", "direction"), "strengths": (-8, -2, 0, 2, 8), "n_random": 2},
-    "full": {"concepts": CONCEPTS, "reducers": ("pca", "ae", "gaussian", "sparse"),
+    "full": {"concepts": CONCEPTS, "reducers": ("pca", "ae", "gaussian", "sparse", "aligned"),
              "layouts": ("frames", "direction"), "strengths": FULL_STRENGTHS, "n_random": 3},
 }  # fmt: skip
 ALIGNED_COS = 0.5  # "highly aligned": |cos| above this between two reductions
@@ -51,9 +51,11 @@ METHOD = (
     "mapped to Whisper's width by PCA and Gaussian random projection (and, at full scale, an "
     "autoencoder and sparse projection), in the seed's per-frame layout and as one direction, "
     "added to every encoder block's output as the seed's hook did. Each steered transcript is "
-    "scored (VADER valence, projection on the concept in the text model, incoherence) and "
-    "compared, clip by clip, with random vectors of the same per-frame norm and with the "
-    "sign-flipped vector; CIs are bootstrap over clips."
+    "scored (VADER valence, NRC emotion words, projection on the concept in the text model, "
+    "incoherence and non-words) and compared, clip by clip, with random vectors of the same "
+    "per-frame norm and with the sign-flipped vector; CIs are bootstrap over clips, p-values "
+    "exact sign-flip permutations over clips, adjusted across each run's tests "
+    "(Benjamini-Hochberg and Holm)."
 )
 
 
@@ -115,30 +117,36 @@ def _at(
 # --- claims -----------------------------------------------------------------------------
 
 
-def coherent_tests(results: Results) -> tuple[int, int]:
-    """(tests moving beyond the random controls while coherent, coherent tests): one test
-    per concept, mapping, non-zero strength and concept score (summary ``answer``)."""
-    moved = total = 0
+def coherent_tests(results: Results) -> tuple[int, int, int]:
+    """(tests moving beyond the random controls while coherent by their CI, those that also
+    pass Benjamini-Hochberg over their run's tests, coherent tests): one test per concept,
+    mapping, non-zero strength and concept score (summary ``answer``; scores an older
+    summary lacks are left out)."""
+    moved = moved_bh = total = 0
     for result in _results(results):
         strengths = [s for s in result.summary["config"]["strengths"] if s != 0]
         for m in result.summary["mappings"].values():
             coherent = [s for s in strengths if s not in m["answer"]["broken_at"]]
-            total += len(coherent) * len(EFFECT_SCORES)
-            moved += sum(len(m["answer"][score]["and_coherent_at"]) for score in EFFECT_SCORES)
-    return moved, total
+            scores = [m["answer"][score] for score in EFFECT_SCORES if score in m["answer"]]
+            total += len(coherent) * len(scores)
+            moved += sum(len(a["and_coherent_at"]) for a in scores)
+            moved_bh += sum(len(a.get("and_coherent_after_bh_at", [])) for a in scores)
+    return moved, moved_bh, total
 
 
 def claim_transfer(results: Results) -> Claim:
     """Reproduced if at least TRANSFER_SHARE of the coherent tests move the concept score
     beyond the controls; explained otherwise if transcripts change but not beyond that;
     not reproduced if steering does not change transcripts."""
-    moved, total = coherent_tests(results)
+    moved, moved_bh, total = coherent_tests(results)
     vec = mean_measure(f"changed at |s|={MODERATE:g}, vectors",
                        per_clip(results, "changed", _at(MODERATE, "vector")))  # fmt: skip
     rand = mean_measure("random controls", per_clip(results, "changed", _at(MODERATE, "random")))
     share = moved / total if total else 0.0
     tests = Measure(f"coherent tests moving the concept beyond random ({moved} of {total})",
                     share, None, total)  # fmt: skip
+    corrected = Measure(f"of them after Benjamini-Hochberg at q = {Q_FDR:g} ({moved_bh})",
+                        moved_bh / total if total else 0.0, None, total)  # fmt: skip
     chance = 0.025 * total
     if share >= TRANSFER_SHARE:
         verdict, why = "reproduced", "The concept scores move beyond the controls in most tests."
@@ -149,7 +157,8 @@ def claim_transfer(results: Results) -> Claim:
             f"vectors of the same norm change {_pct(rand.value)}"
             f"{' as well' if not above(vec, rand) else ''}, with local, near-lexical edits under "
             f"either sign; the concept scores move beyond the random controls in {moved} of "
-            f"{total} coherent tests (about {chance:.1f} expected by chance at one-sided 2.5 %). "
+            f"{total} coherent tests (about {chance:.1f} expected by chance at one-sided 2.5 %; "
+            f"{moved_bh} remain after Benjamini-Hochberg over each run's tests). "
             "The seed's examples are what any perturbation of this size does."
         )
     else:
@@ -157,7 +166,7 @@ def claim_transfer(results: Results) -> Claim:
     return Claim("000-transfer", "000",
                  "GPT-2 XL steering vectors influence Whisper's outputs; sentiment sometimes "
                  "shifts in the intended direction ('felt bad' -> 'felt mad').",
-                 "qualitative (examples)", (tests, vec, rand), verdict, why,  # type: ignore[arg-type]
+                 "qualitative (examples)", (tests, vec, rand, corrected), verdict, why,  # type: ignore[arg-type]
                  _results(results)[0].name)  # fmt: skip
 
 

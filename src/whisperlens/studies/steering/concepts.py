@@ -16,11 +16,23 @@ import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from whisperlens.errors import WhisperlensError
 
 WordClass = Literal["adjective", "noun"]
+NrcEmotion = Literal[
+    "anger",
+    "anticipation",
+    "disgust",
+    "fear",
+    "joy",
+    "negative",
+    "positive",
+    "sadness",
+    "surprise",
+    "trust",
+]  # the NRC Emotion Lexicon's categories
 DATA_PACKAGE = "whisperlens.data"
 CONCEPT_DIR = "concepts"
 TEMPLATES_FILE = "templates.json"
@@ -42,6 +54,26 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class NrcSpec:
+    """Which NRC emotion words count towards a concept's poles (``textscore.nrc_score``)."""
+
+    plus: tuple[NrcEmotion, ...]  # words with any of these count towards the positive pole
+    minus: tuple[NrcEmotion, ...] = ()  # words with any of these count towards the negative
+
+    @classmethod
+    def from_dict(cls, concept: str, data: dict[str, Any]) -> NrcSpec:
+        plus, minus = tuple(data.get("plus", ())), tuple(data.get("minus", ()))
+        bad = [e for e in plus + minus if e not in get_args(NrcEmotion)]
+        if bad or not plus or set(plus) & set(minus) or set(data) - {"plus", "minus"}:
+            raise ConceptError(
+                f"concept {concept!r}: bad nrc spec {data} (unknown emotions {bad}, empty "
+                "plus, an emotion on both sides, or keys other than plus/minus)",
+                f"give {{'plus': [...], 'minus': [...]}} from {list(get_args(NrcEmotion))}",
+            )
+        return cls(plus, minus)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class Concept:
     """A concept's poles, word pairs per language and evaluation sentences."""
 
@@ -50,6 +82,7 @@ class Concept:
     negative: str  # the pole it points away from ("hate")
     word_class: WordClass
     lexicon_sign: int  # +1: the positive pole has the more positive VADER valence
+    nrc: NrcSpec  # NRC emotions of the poles (the NRC lexicon score)
     pairs: dict[str, list[tuple[str, str]]]  # language -> (positive word, negative word)
     eval: tuple[str, ...]  # English evaluation sentences (synthesized for the study)
     description: str = ""
@@ -105,6 +138,7 @@ def load_concept(name: str) -> Concept:
         negative=data["negative"],
         word_class=data["word_class"],
         lexicon_sign=int(data["lexicon_sign"]),
+        nrc=NrcSpec.from_dict(name, data.get("nrc", {})),
         pairs=pairs,
         eval=tuple(data["eval"]),
         description=data.get("description", ""),

@@ -12,6 +12,10 @@ Reducers, each fit on a concept's per-sample differences ``X`` [N, d_text]:
   GaussianRandomProjection); ``frames = X R^T``, ``direction = R mean``.
 - ``sparse``: Li et al.'s very sparse projection, density ``1/sqrt(d_text)``, entries
   ``+-1/sqrt(density * d_whisper)`` (scikit-learn's SparseRandomProjection).
+- ``aligned``: a learned linear map ``W`` [d_whisper, d_text], fit by ridge regression on
+  words read by the text model and heard by Whisper (:mod:`.alignment`), passed in as
+  ``alignment``; ``frames = X W^T``, ``direction = W mean`` (the linear part only: the
+  samples are differences).
 
 Layouts: ``frames`` puts sample ``i`` at encoder frame ``i`` and zeros after (the seed's
 [1500, d] tensor); ``direction`` is one [d] vector, added on the clip's speech frames.
@@ -28,7 +32,7 @@ import torch
 from whisperlens.errors import ShapeError
 from whisperlens.frames import N_ENCODER_FRAMES
 
-Reducer = Literal["pca", "ae", "gaussian", "sparse"]
+Reducer = Literal["pca", "ae", "gaussian", "sparse", "aligned"]
 REDUCERS: tuple[str, ...] = get_args(Reducer)
 Layout = Literal["frames", "direction"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
@@ -101,10 +105,16 @@ def train_autoencoder(X_ND: torch.Tensor, d_out: int, seed: int) -> AutoEncoder:
 
 
 def reduce(
-    reducer: str, X_ND: torch.Tensor, mean_D: torch.Tensor, d_out: int, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample vectors [N, d_out] (the seed's reduced samples) and the mapped mean [d_out]."""
+    reducer: str, X_ND: torch.Tensor, mean_D: torch.Tensor, d_out: int, seed: int = 0,
+    alignment: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per-sample vectors [N, d_out] (the seed's reduced samples) and the mapped mean [d_out].
+
+    ``alignment``: the fitted map ``W`` [d_out, d_text] that ``aligned`` applies."""
     X, mean = X_ND.float(), mean_D.float()
+    if reducer == "aligned":
+        W = _check_alignment(alignment, d_out, X.shape[1]).float()
+        return X @ W.T, W @ mean
     if reducer == "pca":
         axes = pca_axes(X, d_out)
         return _pad((X - X.mean(0)) @ axes.T, d_out), _pad(axes @ mean, d_out)
@@ -116,6 +126,21 @@ def reduce(
         ae = train_autoencoder(X, d_out, seed)
         return ae.codes(X), ae.codes(mean) - ae.codes(torch.zeros_like(mean))
     raise ValueError(f"unknown reducer {reducer!r}; use one of {REDUCERS}")
+
+
+def _check_alignment(alignment: torch.Tensor | None, d_out: int, d_in: int) -> torch.Tensor:
+    if alignment is None:
+        raise ShapeError(
+            "the aligned reducer needs a fitted text -> Whisper map",
+            "pass alignment=W from alignment.fit_alignment (the study builds it: "
+            "study.build_alignment)",
+        )
+    if tuple(alignment.shape) != (d_out, d_in):
+        raise ShapeError(
+            f"alignment map has shape {tuple(alignment.shape)}, expected ({d_out}, {d_in})",
+            "fit the map for this text model (its width) and this Whisper model",
+        )
+    return alignment
 
 
 def layout_vector(layout: str, samples_ND: torch.Tensor, mean_D: torch.Tensor) -> torch.Tensor:
@@ -155,11 +180,14 @@ def scaled(vector: torch.Tensor, scale: str) -> torch.Tensor:
 
 
 def random_like(vector: torch.Tensor, seed: int) -> torch.Tensor:
-    """A Gaussian random vector with the same norm per frame (zero frames stay zero)."""
+    """A Gaussian random vector with the same norm per frame (zero frames stay zero).
+
+    The norms are rounded to 1e-6, so vectors of equal norm (unit-scaled directions of
+    different reducers) get bit-identical controls, which the sweep computes once."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(vector.shape, generator=gen, dtype=torch.float64).float()
-    norms = vector.norm(dim=-1, keepdim=True)
-    return noise / noise.norm(dim=-1, keepdim=True) * norms
+    norms = torch.round(vector.double().norm(dim=-1, keepdim=True) * 1e6) / 1e6
+    return (noise.double() / noise.double().norm(dim=-1, keepdim=True) * norms).float()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

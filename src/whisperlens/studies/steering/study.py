@@ -25,6 +25,7 @@ This study does the same as data and with controls:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import warnings
@@ -55,6 +56,7 @@ from whisperlens.studies.steering.textscore import (
     TextScorer,
     compression_ratio,
     incoherent,
+    nonword_rate,
     repeat_fraction,
 )
 from whisperlens.studies.steering.vectors import Position, caa_vectors
@@ -63,6 +65,11 @@ STUDY = "steer"
 FORMAT_VERSION = 1
 CAA_FILE, LAYERS_FILE, VECTOR_DIR = "text/caa.safetensors", "text/layers.json", "vectors"
 WHISPER_DIRECTIONS = "whisper/concept_directions.safetensors"
+LANGUAGE_DIRECTIONS = "whisper/language_directions.safetensors"
+LANGUAGE_CLIPS = "whisper/language_clips.json"
+ALIGN_FILE, ALIGN_JSON = "text/alignment.safetensors", "text/alignment.json"
+DEFAULT_REDUCERS = ("pca", "ae", "gaussian", "sparse")  # "aligned" costs a first build
+MIN_ALIGN_WORDS = 16
 DEFAULT_STRENGTHS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
 FRAME_SECONDS = 0.02
 CONTENT_LOST_WER = 0.5  # "broken": incoherent, or over half the unsteered words lost
@@ -82,7 +89,7 @@ class SteerConfig:
     text_model: str = "smollm2-135m"  # load_text_model name, path or hub id
     layer: int | None = None  # text-model layer; None: the best held-out layer (vectors.py)
     position: Position = "mean"  # token pooling of the CAA activations
-    reducers: tuple[str, ...] = ("pca", "ae", "gaussian", "sparse")
+    reducers: tuple[str, ...] = DEFAULT_REDUCERS
     layouts: tuple[str, ...] = ("frames", "direction")
     blocks: tuple[int, ...] | None = None  # encoder blocks steered; None: all (the seed)
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS  # the sign flip is the negative strength
@@ -93,6 +100,8 @@ class SteerConfig:
     engine: str = "piper"  # TTS engine of the evaluation sentences
     max_new_tokens: int = 48  # greedy decoding limit per output
     batch_size: int = 16  # outputs per encoder/decoder batch
+    n_align_words: int = 300  # words the aligned reducer's map is fit on (alignment.py)
+    n_language_clips: int = 30  # Asterisk clips per language for the language directions
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -118,6 +127,11 @@ class SteerConfig:
             raise SteerError(f"unknown position {self.position!r}", "use 'mean' or 'last'")
         if self.n_random < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise SteerError("n_random must be >= 0, max_new_tokens and batch_size >= 1")
+        if self.n_align_words < MIN_ALIGN_WORDS or self.n_language_clips < 1:
+            raise SteerError(
+                f"n_align_words {self.n_align_words}, n_language_clips {self.n_language_clips}",
+                f"use n_align_words >= {MIN_ALIGN_WORDS} and n_language_clips >= 1",
+            )
 
     def settings(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "out"}
@@ -215,8 +229,9 @@ def build_vectors(config: SteerConfig, out: Path, caa: dict[str, Any], d_model: 
         if all((out / Variant(reducer, lay, "vector", 1.0).vector_file).is_file()
                for lay in config.layouts):  # fmt: skip
             continue
+        align = build_alignment(config, out, caa) if reducer == "aligned" else None
         samples, mean = mapping.reduce(
-            reducer, caa["differences"], caa["mean"], d_model, config.seed
+            reducer, caa["differences"], caa["mean"], d_model, config.seed, alignment=align
         )
         for layout in config.layouts:
             vector = mapping.scaled(mapping.layout_vector(layout, samples, mean), config.scale)
@@ -228,16 +243,45 @@ def build_vectors(config: SteerConfig, out: Path, caa: dict[str, Any], d_model: 
                 save_payloads(out / control.vector_file, {"vector": rand})
 
 
+def build_alignment(config: SteerConfig, out: Path, caa: dict[str, Any]) -> torch.Tensor:
+    """The ``aligned`` reducer's map ``W`` [d_whisper, d_text] (:mod:`.alignment`), fit once
+    per run into ``text/alignment.safetensors`` (``weight``, ``x_mean``, ``y_mean``) with its
+    held-out report ``text/alignment.json``; the paired activations are cached across runs."""
+    from whisperlens.studies.steering.alignment import align
+
+    path = out / ALIGN_FILE
+    if not path.is_file():
+        if caa.get("layer") is None:
+            raise SteerError("the CAA vectors carry no text-model layer",
+                             "build them with build_caa, which records the layer")  # fmt: skip
+        whisper = load_whisper(config.model)
+        fit = align(whisper, load_text(config.text_model), block_ids(config, whisper.n_layers),
+                    int(caa["layer"]), config.position, config.n_align_words, config.seed)  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / ALIGN_JSON, fit.report)
+        save_payloads(path, {"weight": fit.map.weight.float(), "x_mean": fit.map.x_mean.float(),
+                             "y_mean": fit.map.y_mean.float()})  # fmt: skip
+    return load_payloads(path)["weight"]
+
+
 def build_whisper_directions(config: SteerConfig, run: RunDir, whisper: Any) -> None:
-    """``whisper/concept_directions.safetensors``: the concept measured inside Whisper
-    (see :mod:`.whisper_geometry`), once per run."""
-    from whisperlens.studies.steering.whisper_geometry import concept_directions
+    """``whisper/concept_directions.safetensors``: the concept measured inside Whisper, and
+    ``whisper/language_directions.safetensors``: English minus French and minus Spanish
+    natural speech (see :mod:`.whisper_geometry`), once per run."""
+    from whisperlens.studies.steering.whisper_geometry import (
+        concept_directions,
+        language_directions,
+    )
 
     path = run.file(WHISPER_DIRECTIONS)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         directions = concept_directions(whisper, load_concept(config.concept), config.engine)
         save_payloads(path, {"directions": directions})
+    if not run.file(LANGUAGE_DIRECTIONS).is_file():
+        langs, clips_used = language_directions(whisper, config.n_language_clips, config.seed)
+        atomic_write_json(run.file(LANGUAGE_CLIPS), clips_used)
+        save_payloads(run.file(LANGUAGE_DIRECTIONS), langs)
 
 
 # --- one clip: the work unit -------------------------------------------------------------
@@ -294,7 +338,7 @@ class SteerTask:
         concept = load_concept(self.config.concept)
         caa = load_payloads(self.run_path / CAA_FILE)
         scorer = TextScorer(load_text(self.config.text_model), self.layer, caa["mean"],
-                            concept.lexicon_sign)  # fmt: skip
+                            concept.lexicon_sign, concept.nrc)  # fmt: skip
         return load_whisper(self.config.model), scorer
 
     def run(self, state: Any, clip: Clip) -> list[dict[str, Any]]:
@@ -306,6 +350,24 @@ def decode_options(model: Any, config: SteerConfig) -> DecodeOptions:
     lang = "en" if special_tokens(model).multilingual else None
     return DecodeOptions(language=lang, max_new_tokens=config.max_new_tokens,
                          batch_size=config.batch_size)  # fmt: skip
+
+
+def distinct_work(
+    todo: Sequence[Variant], vectors: dict[str, torch.Tensor]
+) -> dict[Variant, tuple[str, float] | None]:
+    """Each variant's distinct computation: (digest of its vector, strength), or None when it
+    adds nothing (strength 0 or a zero vector: the unsteered output). Variants with equal
+    keys add bit-identical payloads (e.g. the random controls of unit-scaled directions,
+    shared by every reducer), so each key is steered and decoded once per clip."""
+    digests = {
+        f: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() + str(tuple(v.shape))
+        for f, v in vectors.items()
+    }  # fmt: skip
+    return {
+        v: None if v.strength == 0 or not bool(vectors[v.vector_file].any())
+        else (digests[v.vector_file], v.strength)
+        for v in todo
+    }  # fmt: skip
 
 
 def steer_clip(
@@ -320,14 +382,17 @@ def steer_clip(
     site_in = f"encoder.blocks.{blocks[0]}.hook_resid_pre"
     states_1FD = model.run_with_cache(stim.audio, names=site_in)[site_in]
     options = decode_options(model, config)
+    todo = variants(config)
+    vectors = {v.vector_file: load_payloads(run_path / v.vector_file)["vector"] for v in todo}
+    work = distinct_work(todo, vectors)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)
         plain = decode(model, model.encode_from(blocks[0], states_1FD), options)[0]
-        todo = variants(config)
-        vectors = {v.vector_file: load_payloads(run_path / v.vector_file)["vector"] for v in todo}
-        outs = []
-        for i in range(0, len(todo), config.batch_size):
-            chunk = todo[i : i + config.batch_size]
+        distinct = sorted({k for k in work.values() if k is not None}, key=str)
+        first = {k: next(v for v in todo if work[v] == k) for k in distinct}
+        results: dict[Any, Any] = {None: plain}
+        for i in range(0, len(distinct), config.batch_size):
+            chunk = [first[k] for k in distinct[i : i + config.batch_size]]
             payload = batch_payload([vectors[v.vector_file] for v in chunk],
                                     [v.strength for v in chunk],
                                     n_speech if config.speech_only else None)  # fmt: skip
@@ -335,7 +400,9 @@ def steer_clip(
                    for b in blocks]  # fmt: skip
             with model.apply(ivs, {"batch": payload}):
                 enc = model.encode_from(blocks[0], states_1FD.expand(len(chunk), -1, -1))
-            outs += decode(model, enc, options)
+            results.update(zip(distinct[i : i + config.batch_size], decode(model, enc, options),
+                               strict=True))  # fmt: skip
+        outs = [results[work[v]] for v in todo]
     base = {"clip": clip.index, "text": clip.text, "audio": str(stim.path), "blocks": blocks,
             "unsteered": plain.text}  # fmt: skip
     return [
@@ -360,9 +427,12 @@ def score(
         "wer": wer(reference, text).rate,
         "lexicon": scorer.lexicon(text),
         "lexicon_delta": scorer.lexicon(text) - scorer.lexicon(unsteered),
+        "nrc": scorer.nrc(text),
+        "nrc_delta": scorer.nrc(text) - scorer.nrc(unsteered),
         "projection_delta": scorer.projection(text) - scorer.projection(unsteered),
         "compression_ratio": compression_ratio(text),
         "repeat_fraction": repeat_fraction(text),
+        "nonword_rate": nonword_rate(text),
         "incoherent": incoherent(text, truncated),
         "broken": incoherent(text, truncated) or wer(unsteered, text).rate > CONTENT_LOST_WER,
     }
