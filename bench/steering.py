@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this directory")
     args = parser.parse_args()
-    strengths = tuple(float(s) for s in np.linspace(-8, 8, args.strengths))
+    strengths = tuple(round(float(s), 6) for s in np.linspace(-8, 8, args.strengths))
     total, rows, outputs = 0.0, 0, 0
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch

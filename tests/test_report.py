@@ -32,6 +32,7 @@ from whisperlens.report import (
     histogram,
     line_plot,
     render_report,
+    write_figures,
 )
 from whisperlens.report.figures import NAN_COLOR
 
@@ -231,6 +232,30 @@ def test_render_embeds_figures_and_audio(tmp_path: Path) -> None:
     assert sr == 16000
     np.testing.assert_array_equal(got, samples)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_write_figures_names_by_title_and_keeps_bytes(tmp_path: Path) -> None:
+    pngs = [figure_png(heatmap([[float(i)]], row_labels=["r"], col_labels=["c"])) for i in range(3)]
+    (tmp_path / "given.png").write_bytes(small_png())
+    sections = [
+        Section("a", "A", blocks=[Figure("Override (seed mode)", pngs[0]), Table(["x"], [[1]])]),
+        Section(
+            "b",
+            "B",
+            blocks=[
+                Figure("override: seed-mode", pngs[1]),
+                Figure("From a file", tmp_path / "given.png"),
+            ],
+        ),  # fmt: skip
+    ]
+    paths = write_figures(sections, tmp_path / "figures")
+    assert [p.name for p in paths] == [
+        "override-seed-mode.png", "override-seed-mode-2.png", "from-a-file.png"
+    ]  # fmt: skip
+    assert [p.read_bytes() for p in paths] == [pngs[0], pngs[1], small_png()]
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(p.name for p in paths)
+    with pytest.raises(WhisperlensError, match="not a PNG"):
+        write_figures([Section("c", "C", blocks=[Figure("bad", b"GIF89a")])], tmp_path / "bad")
 
 
 def test_audio_from_array_float_roundtrip(tmp_path: Path) -> None:

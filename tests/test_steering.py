@@ -343,3 +343,6 @@ def test_cli_end_to_end_writes_every_output(tmp_path: Path) -> None:
     assert "whisper_language" in summary["geometry"] and "whisper_concept" in summary["geometry"]
     html = (out / "report.html").read_text()
     assert "Cross-modal steering" in html and html.count("<img") >= 3
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"cosines-direction.png", "cosines-frames.png"} <= figures
+    assert len(figures) == html.count("<img")

@@ -6,6 +6,7 @@ A run is a directory::
     rows.jsonl     one JSON object per finished work unit, appended and flushed
     summary.json   statistics over all rows, written atomically at the end
     report.html    the study's report section, rendered (optional)
+    figures/       its figures as PNG files (optional, report.write_figures)
     .lock          held while a process writes the run (a second writer is refused)
 
 plus whatever artifacts the study names (figures, vectors, ...). A killed run re-run with the
@@ -41,6 +42,7 @@ from whisperlens.errors import WhisperlensError
 
 CONFIG_FILE, ROWS_FILE, SUMMARY_FILE = "config.json", "rows.jsonl", "summary.json"
 REPORT_FILE, LOCK_FILE = "report.html", ".lock"
+FIGURES_DIR = "figures"  # the report's figures as PNG files; a study lists it in its artifacts
 RUN_FORMAT = 1  # of the directory itself; each study versions its rows separately
 _OWN_FILES = (CONFIG_FILE, ROWS_FILE, SUMMARY_FILE, REPORT_FILE)
 

@@ -4,7 +4,8 @@
   :func:`line_plot` (bands for CIs and controls), :func:`histogram`, :func:`figure_png`.
 - :mod:`~whisperlens.report.html`: :class:`Report` of :class:`Section` s holding
   :class:`Figure`, :class:`Table`, :class:`Audio` and :class:`Text` blocks;
-  :func:`render_report` writes ``report.html`` (media embedded or under ``assets/``).
+  :func:`render_report` writes ``report.html`` (media embedded or under ``assets/``),
+  :func:`write_figures` a study's figures as PNG files beside it.
 - :mod:`~whisperlens.report.browser`: :func:`check_report_in_browser` (headless Chromium);
   imported from its module, since it needs Playwright.
 """
@@ -24,6 +25,7 @@ from whisperlens.report.html import (
     paragraphs,
     render_report,
     section_html,
+    write_figures,
 )
 
 __all__ = [
@@ -43,4 +45,5 @@ __all__ = [
     "paragraphs",
     "render_report",
     "section_html",
+    "write_figures",
 ]

@@ -270,3 +270,30 @@ def render_report(report: Report, out_dir: str | Path, *, embed: bool = True) ->
     path = out_dir / REPORT_FILE
     atomic_write_text(path, html)
     return path
+
+
+def figure_file(title: str) -> str:
+    """``<slug>.png`` for a figure title ("Override (seed mode)" -> "override-seed-mode.png")."""
+    slug = "".join(c if c.isalnum() else " " for c in title.lower())
+    return "-".join(slug.split()) + ".png"
+
+
+def write_figures(sections: Sequence[Section], directory: str | Path) -> list[Path]:
+    """Every figure of ``sections`` as ``directory/<slug of its title>.png`` (written
+    atomically), for use outside the report; figures given as file paths are copied.
+    Titles that slug alike are told apart by a numeric suffix, in order."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for section in sections:
+        for block in section.blocks:
+            if not isinstance(block, Figure):
+                continue
+            name = figure_file(block.title)
+            path, n = directory / name, 1
+            while path in written:
+                n += 1
+                path = directory / f"{name[: -len('.png')]}-{n}.png"
+            atomic_write_bytes(path, _media_bytes(block.image, "image/png"))
+            written.append(path)
+    return written

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from whisperlens.errors import WhisperlensError
-from whisperlens.runs import RunDir
+from whisperlens.runs import FIGURES_DIR, RunDir
 from whisperlens.stimuli.wordlists import wordlist_files
 from whisperlens.studies.patching.study import (
     FORMAT_VERSION,
@@ -38,7 +38,6 @@ from whisperlens.studies.patching.study import (
 )
 from whisperlens.studies.patching.summary import fill_clean_targets, summarize
 
-FIGURES_DIR = "figures"  # the report's figures as PNG files, beside report.html
 __all__ = ["MODES", "PatchConfig", "PatchingError", "open_run", "run_patching"]
 
 

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from whisperlens.errors import WhisperlensError
-from whisperlens.runs import SUMMARY_FILE, RunDir
-from whisperlens.studies.patching import FIGURES_DIR
+from whisperlens.runs import FIGURES_DIR, SUMMARY_FILE, RunDir
 from whisperlens.studies.patching.study import PatchingError
 from whisperlens.studies.patching.summary import LAYER_MODES, TRIANGLE_METRICS
 

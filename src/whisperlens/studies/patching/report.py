@@ -7,11 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from whisperlens._io import atomic_write_bytes
 from whisperlens.report import Block, Figure, Section, Series, Table, heatmap, line_plot
 from whisperlens.report.figures import format_number, new_figure
-from whisperlens.runs import RunDir
-from whisperlens.studies.patching import FIGURES_DIR
+from whisperlens.runs import FIGURES_DIR, RunDir
 
 SEED_MODE_NOTE = (
     "What seed mode measures: the seed's hook replaces the whole output of encoder block L "
@@ -227,20 +225,10 @@ def report_section(summary: dict[str, Any]) -> Section:
 def write_section(run: RunDir, section: Section, title: str, metadata: dict[str, Any]) -> None:
     """``section`` rendered on its own into the run's ``report.html``, its figures as PNG
     files under ``figures/``."""
-    from whisperlens.report import Report, render_report
+    from whisperlens.report import Report, render_report, write_figures
 
-    figures = run.file(FIGURES_DIR)
-    figures.mkdir(exist_ok=True)
-    for block in section.blocks:
-        if isinstance(block, Figure) and isinstance(block.image, bytes):
-            atomic_write_bytes(figures / figure_file(block.title), block.image)
+    write_figures([section], run.file(FIGURES_DIR))
     render_report(Report(title, [section], metadata), run.path)
-
-
-def figure_file(title: str) -> str:
-    """``<slug>.png`` for a figure title ("Override (seed mode)" -> "override-seed-mode.png")."""
-    slug = "".join(c if c.isalnum() else " " for c in title.lower())
-    return "-".join(slug.split()) + ".png"
 
 
 # --- comparison by relative depth (patch compare) ------------------------------------------

@@ -42,7 +42,7 @@ from whisperlens.errors import WhisperlensError
 from whisperlens.frames import N_ENCODER_FRAMES
 from whisperlens.interventions import Intervention, Span, load_payloads, save_payloads
 from whisperlens.metrics import wer
-from whisperlens.runs import RunDir
+from whisperlens.runs import FIGURES_DIR, RunDir
 from whisperlens.studies.steering import mapping
 from whisperlens.studies.steering.concepts import (
     Concept,
@@ -450,7 +450,7 @@ def open_run(config: SteerConfig, overwrite: bool = False) -> RunDir:
         return RunDir.open(
             config.out, study=STUDY, config=config.settings(), format_version=FORMAT_VERSION,
             inputs={"concept": _input_files(config)}, key="key",
-            artifacts=["text", VECTOR_DIR, "whisper"], overwrite=overwrite,
+            artifacts=["text", VECTOR_DIR, "whisper", FIGURES_DIR], overwrite=overwrite,
         )  # fmt: skip
     except WhisperlensError as exc:
         raise SteerError(exc.cause, exc.fix) from None

@@ -231,9 +231,11 @@ def summarize(config: Any, caa: dict[str, Any], rows: Sequence[dict], run_path: 
 
 
 def write_report(run: Any, summary: dict[str, Any], rows: Sequence[dict]) -> None:
-    from whisperlens.report import Report, render_report
+    from whisperlens.report import Report, render_report, write_figures
+    from whisperlens.runs import FIGURES_DIR
 
     report = Report("whisperlens steer", [report_section(summary, rows)], summary["config"])
+    write_figures(report.sections, run.file(FIGURES_DIR))
     render_report(report, run.path)
 
 
