@@ -161,7 +161,9 @@ def test_align_windows_trims_at_both_edges():
 
 
 @pytest.mark.filterwarnings("ignore::whisperlens.decoding.TruncationWarning")
-def test_score_cells_equals_decode_and_score_encoded(hooked_en):
+@pytest.mark.parametrize("cell_batch", [8, 2])  # one batch; batches of 2 and 1
+def test_score_cells_equals_decode_and_score_encoded(hooked_en, monkeypatch, cell_batch):
+    monkeypatch.setattr(engine, "CELL_BATCH", cell_batch)
     encs = [hooked_en.encode(_audio(s).numpy()) for s in (8, 9, 10)]
     cands = ["bat.", "pat.", "cat."]
     got = engine.score_cells(hooked_en, encs, cands, language="en", prefix="The word is",
