@@ -221,7 +221,7 @@ def score_cells(
     Equal to :func:`whisperlens.decoding.decode` (``prefix=``) and
     :func:`whisperlens.scoring.score_encoded` (``carrier=prefix``,
     ``variants=case_and_period``) run separately, but the prompt and prefix run once for
-    all cells, so each cell's cross-attention keys and values are computed once and shared
+    a batch of cells, so each cell's cross-attention keys and values are computed once and shared
     by decoding and every candidate (the self-attention cache is cropped back to the prefix
     between them). ``candidates`` are the scored texts after the prefix ("bat.", "pat.").
 
@@ -237,7 +237,6 @@ def score_cells(
         enc_BFD = torch.cat(list(encs[i : i + CELL_BATCH]))
         logits_BTV, cache = decoder_step(model, enc_BFD, torch.tensor([prompt] * len(enc_BFD)))
         first_BV = logits_BTV[:, -1].float()
-        del logits_BTV
         tokens, truncated = _greedy(
             model, enc_BFD, first_BV, cache, len(prompt), max_new_tokens, follow
         )
@@ -295,21 +294,19 @@ def _candidate_logprobs(
     tok = model.processor.tokenizer
     first_lp_BV = first_BV.log_softmax(-1)
     spellings = [[(*text_ids(tok, t), st.eot) for t in case_and_period(c)] for c in candidates]
-    feeds = sorted({ids[:-1] for group in spellings for ids in group}, key=len, reverse=True)
     longer = {ids for group in spellings for ids in group if len(ids) > 1}
     read: dict[tuple[int, ...], torch.Tensor] = {}  # spelling -> [cells, tokens after first]
-    fed: list[tuple[int, ...]] = []  # the feeds run, longest first
-    for feed in feeds:
-        if feed and not any(f[: len(feed)] == feed for f in fed):
-            fed.append(feed)
-            ids_BT = torch.tensor([list(feed)] * first_BV.shape[0])
-            logits_BTV, cache = decoder_step(model, enc_BFD, ids_BT, cache)
-            lp_BTV = logits_BTV.float().log_softmax(-1)
-            for ids in longer:
-                if ids not in read and feed[: len(ids) - 1] == ids[:-1]:
-                    read[ids] = torch.stack([lp_BTV[:, i, t] for i, t in enumerate(ids[1:])], -1)
-            del logits_BTV, lp_BTV
-            _crop(cache, n_prompt)
+    for feed in sorted({ids[:-1] for ids in longer}, key=len, reverse=True):
+        todo = [ids for ids in longer if ids not in read and feed[: len(ids) - 1] == ids[:-1]]
+        if all(ids[:-1] != feed for ids in todo):
+            continue  # read from a longer feed that begins with this one
+        ids_BT = torch.tensor([list(feed)] * first_BV.shape[0])
+        logits_BTV, cache = decoder_step(model, enc_BFD, ids_BT, cache)
+        lp_BTV = logits_BTV.float().log_softmax(-1)
+        for ids in todo:
+            read[ids] = torch.stack([lp_BTV[:, i, t] for i, t in enumerate(ids[1:])], -1)
+        del logits_BTV, lp_BTV  # before the next step's
+        _crop(cache, n_prompt)
     out = []
     for group in spellings:
         per_spelling = []
